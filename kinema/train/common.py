@@ -1,0 +1,86 @@
+"""Pieces every training loop shares: LR schedule, EMA, atomic checkpoints, JSONL metrics, RNG state."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, final_frac: float = 0.1) -> float:
+    """Linear warmup to base_lr, then cosine decay to final_frac * base_lr at `total` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers copied as they are)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm up the decay so early averages are not stale
+        for e, p in zip(self.model.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.model.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a reader never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state(np_rng: np.random.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np_rng.bit_generator.state, "python": random.getstate()}
+
+
+def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+
+
+class MetricsLog:
+    """Appends one JSON object per line; also logs a short line every `every` steps."""
+
+    def __init__(self, path: str | Path, every: int = 50):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.every = every
+        self.t0 = time.time()
+
+    def write(self, step: int, **metrics) -> None:
+        rec = {"step": step, "time": round(time.time() - self.t0, 2), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if step % self.every == 0:
+            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))

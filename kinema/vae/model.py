@@ -1,0 +1,305 @@
+"""Causal video VAE (the Wan-VAE design): 8x spatial and 4x temporal compression, first frame encoded alone.
+
+One class, configured by `VAEConfig`. The Wan 2.1 VAE is the config with full 3D convolutions and no input
+patchify; the embedded `shapes` VAE patchifies 2x2 pixels first (as the Wan 2.2 VAE does) and uses factorised
+(2+1)D convolutions, so that it trains on a CPU.
+
+Frames: a video of 1 + 4k frames maps to 1 + k latent frames. Latent frame 0 sees only frame 0 (so an image is a
+1-frame video); latent frame i sees frames up to 4i. Encoding runs chunk by chunk (frame 0, then 4 frames at a
+time) and decoding one latent frame at a time, with a `CausalCache`; the whole-clip path is the same code with two
+chunks ([0], [1:]), so chunked and whole agree exactly.
+
+Latents returned by `encode` are normalised with the per-channel statistics in the config:
+z_norm = (z - latents_mean) / latents_std; `decode` takes normalised latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from kinema.vae.causal import CausalCache, CausalConv3d, RMSNorm, _keep_last, conv3x3
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    z_dim: int = 16                                    # latent channels (Wan 2.1: 16, Wan 2.2: 48)
+    base_dim: int = 96                                 # channels of the first stage (Wan 2.1: 96)
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)           # channel multiplier per stage; a 2x downsample between stages
+    num_res_blocks: int = 2                            # residual blocks per encoder stage (decoder: one more)
+    temporal_downsample: tuple[bool, ...] = (False, True, True)  # which downsamples also halve time
+    spatial_downsample: tuple[bool, ...] = (True, True, True)    # which downsamples halve H and W (Wan: all)
+    attn_mid: bool = True                              # per-frame self-attention in the middle blocks
+    patch_size: int = 1                                # space-to-depth before the encoder (Wan 2.2: 2)
+    conv: str = "3d"                                   # "3d" (Wan) or "2+1d" (factorised, CPU-cheap)
+    latents_mean: tuple[float, ...] = (0.0,) * 16      # per-channel statistics for latent normalisation
+    latents_std: tuple[float, ...] = (1.0,) * 16
+
+    def __post_init__(self):
+        n = len(self.dim_mult) - 1
+        if len(self.temporal_downsample) != n or len(self.spatial_downsample) != n:
+            raise ValueError("temporal_downsample/spatial_downsample need one entry per downsample (len(dim_mult) - 1)")
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError("latents_mean/latents_std need one value per latent channel")
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.patch_size * 2 ** sum(self.spatial_downsample)
+
+    @property
+    def temporal_compression(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VAEConfig":
+        tuples = ("dim_mult", "temporal_downsample", "spatial_downsample", "latents_mean", "latents_std")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, conv: str):
+        super().__init__()
+        self.norm1 = RMSNorm(in_dim)
+        self.conv1 = conv3x3(in_dim, out_dim, conv)
+        self.norm2 = RMSNorm(out_dim)
+        self.conv2 = conv3x3(out_dim, out_dim, conv)
+        self.conv_shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        skip = self.conv_shortcut(x) if self.conv_shortcut is not None else x
+        x = self.conv1(F.silu(self.norm1(x)), cache)
+        x = self.conv2(F.silu(self.norm2(x)), cache)
+        return x + skip
+
+
+class FrameAttention(nn.Module):
+    """Single-head self-attention over the pixels of each frame separately (causal by construction)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        b, _, t, h, w = x.shape
+        y = rearrange(x, "b c t h w -> (b t) c h w")
+        q, k, v = rearrange(self.to_qkv(self.norm(y)), "n (k c) h w -> k n 1 (h w) c", k=3)
+        y = F.scaled_dot_product_attention(q, k, v)                # (B*T, 1, H*W, C)
+        y = self.proj(rearrange(y, "n 1 (h w) c -> n c h w", h=h, w=w))
+        return x + rearrange(y, "(b t) c h w -> b c t h w", b=b, t=t)
+
+
+class Downsample(nn.Module):
+    """2x spatial downsample per frame; with `temporal`, then a stride-2 causal time conv (frame 0 kept alone).
+
+    `spatial=False` keeps H and W (a per-frame stride-1 conv), for time-only stages."""
+
+    def __init__(self, dim: int, temporal: bool, spatial: bool = True):
+        super().__init__()
+        self.resample = (nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2)) if spatial
+                         else nn.Sequential(nn.Identity(), nn.Conv2d(dim, dim, 3, padding=1)))
+        self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1)) if temporal else None
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        t = x.shape[2]
+        x = rearrange(self.resample(rearrange(x, "b c t h w -> (b t) c h w")), "(b t) c h w -> b c t h w", t=t)
+        if self.time_conv is None:
+            return x
+        if not cache.seen(self):  # the first chunk is frame 0 alone: it passes through
+            cache.put(self, x[:, :, -1:].detach())
+            return x
+        past = cache.get(self)
+        cache.put(self, x[:, :, -1:].detach())
+        return self.time_conv(torch.cat([past, x], dim=2))  # windows (0,1,2), (2,3,4), ...: 2n frames -> n
+
+
+class _NearestUpsample2x(nn.Upsample):
+    """2x nearest-exact upsampling computed in fp32 (as Wan does), cast back."""
+
+    def __init__(self):
+        super().__init__(scale_factor=(2.0, 2.0), mode="nearest-exact")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type_as(x)
+
+
+class Upsample(nn.Module):
+    """With `temporal`, a causal time conv doubles the frames (not for latent frame 0); then 2x nearest + conv."""
+
+    def __init__(self, dim: int, temporal: bool, spatial: bool = True):
+        super().__init__()
+        self.resample = nn.Sequential(_NearestUpsample2x() if spatial else nn.Identity(),
+                                      nn.Conv2d(dim, dim // 2, 3, padding=1))
+        self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if temporal else None
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        if self.time_conv is not None:
+            x = self._double_frames(x, cache)
+        t = x.shape[2]
+        y = self.resample(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(y, "(b t) c h w -> b c t h w", t=t)
+
+    def _double_frames(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        if not cache.seen(self):  # latent frame 0 gives one frame; the time conv starts at latent frame 1
+            cache.put(self, None)
+            return x
+        y = self.time_conv(x, cache)  # its own past starts as zero padding at latent frame 1
+        return rearrange(y, "b (two c) t h w -> b c (t two) h w", two=2)  # (B, C, 2T, H, W)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, dim: int, conv: str, attn: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([ResidualBlock(dim, dim, conv), ResidualBlock(dim, dim, conv)])
+        self.attentions = nn.ModuleList([FrameAttention(dim)] if attn else [])
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.resnets[0](x, cache)
+        for attn in self.attentions:
+            x = attn(x)
+        return self.resnets[1](x, cache)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
+        self.conv_in = conv3x3(3 * cfg.patch_size**2, dims[0], cfg.conv)
+        blocks: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResidualBlock(d_in, d_out, cfg.conv))
+                d_in = d_out
+            if i < len(cfg.dim_mult) - 1:
+                blocks.append(Downsample(d_out, cfg.temporal_downsample[i], cfg.spatial_downsample[i]))
+        self.down_blocks = nn.ModuleList(blocks)
+        self.mid_block = MidBlock(dims[-1], cfg.conv, cfg.attn_mid)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = conv3x3(dims[-1], 2 * cfg.z_dim, cfg.conv)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.conv_in(x, cache)
+        for block in self.down_blocks:
+            x = block(x, cache)
+        x = self.mid_block(x, cache)
+        return self.conv_out(F.silu(self.norm_out(x)), cache)
+
+
+class UpBlock(nn.Module):
+    def __init__(self, d_in: int, d_out: int, blocks: int, upsample: tuple[bool, bool] | None, conv: str):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            [ResidualBlock(d_in if i == 0 else d_out, d_out, conv) for i in range(blocks)])
+        self.upsamplers = nn.ModuleList(
+            [Upsample(d_out, *upsample)] if upsample else [])  # upsample = (temporal, spatial)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        for block in (*self.resnets, *self.upsamplers):
+            x = block(x, cache)
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        mult = cfg.dim_mult
+        dims = [cfg.base_dim * m for m in (mult[-1], *mult[::-1])]
+        temporal_up, spatial_up = cfg.temporal_downsample[::-1], cfg.spatial_downsample[::-1]
+        self.conv_in = conv3x3(cfg.z_dim, dims[0], cfg.conv)
+        self.mid_block = MidBlock(dims[0], cfg.conv, cfg.attn_mid)
+        blocks = []
+        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            d_in = d_in // 2 if i > 0 else d_in  # the previous upsample halved the channels
+            up = None if i == len(mult) - 1 else (temporal_up[i], spatial_up[i])
+            blocks.append(UpBlock(d_in, d_out, cfg.num_res_blocks + 1, up, cfg.conv))
+        self.up_blocks = nn.ModuleList(blocks)
+        self.norm_out = RMSNorm(dims[-1])
+        self.conv_out = conv3x3(dims[-1], 3 * cfg.patch_size**2, cfg.conv)
+
+    def forward(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.mid_block(self.conv_in(z, cache), cache)
+        for block in self.up_blocks:
+            x = block(x, cache)
+        return self.conv_out(F.silu(self.norm_out(x)), cache)
+
+
+def _chunks(n: int, first: int, size: int | None):
+    """[0, first), then pieces of `size` (or everything that is left when size is None)."""
+    yield slice(0, min(first, n))
+    step = size or max(n - first, 1)
+    for start in range(first, n, step):
+        yield slice(start, min(start + step, n))
+
+
+class VideoVAE(nn.Module):
+    """Causal video autoencoder; `encode`/`decode` speak normalised latents and videos in [-1, 1]."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quant_conv = CausalConv3d(2 * config.z_dim, 2 * config.z_dim, 1)
+        self.post_quant_conv = CausalConv3d(config.z_dim, config.z_dim, 1)
+        self.decoder = Decoder(config)
+        stats = lambda v: torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1, 1)  # noqa: E731
+        self.register_buffer("latents_mean", stats(config.latents_mean), persistent=False)
+        self.register_buffer("latents_std", stats(config.latents_std), persistent=False)
+
+    # ---- shapes -------------------------------------------------------------------------------------------------
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(C, T', H', W') of the latents of a video; raises ValueError for sizes the VAE cannot take."""
+        tc, sc = self.config.temporal_compression, self.config.spatial_compression
+        if frames < 1 or (frames - 1) % tc:
+            raise ValueError(f"frame count must be 1 + {tc}k (1, {1 + tc}, {1 + 2 * tc}, ...), got {frames}")
+        if height % sc or width % sc or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {sc}, got {height}x{width}")
+        return self.config.z_dim, 1 + (frames - 1) // tc, height // sc, width // sc
+
+    # ---- encode -------------------------------------------------------------------------------------------------
+    def encode_moments(self, video: torch.Tensor, chunked: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, T, H, W) in [-1, 1] -> raw posterior mean and log-variance, each (B, z, T', H', W')."""
+        self.latent_shape(*video.shape[2:])
+        p = self.config.patch_size
+        x = rearrange(video, "b c t (h q) (w r) -> b (c r q) t h w", q=p, r=p)
+        cache, outs = CausalCache(), []
+        for s in _chunks(x.shape[2], 1, self.config.temporal_compression if chunked else None):
+            outs.append(self.quant_conv(self.encoder(x[:, :, s], cache)))
+        mean, logvar = torch.cat(outs, dim=2).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latents_mean.to(z)) / self.latents_std.to(z)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latents_std.to(z) + self.latents_mean.to(z)
+
+    def encode(self, video: torch.Tensor, chunked: bool = True, generator: torch.Generator | None = None,
+               sample: bool = False) -> torch.Tensor:
+        """video (B, 3, T, H, W) in [-1, 1] -> normalised latents (B, z, T', H', W') (the mode, unless `sample`)."""
+        mean, logvar = self.encode_moments(video, chunked)
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+            mean = mean + torch.exp(0.5 * logvar) * noise
+        return self.normalise(mean)
+
+    # ---- decode -------------------------------------------------------------------------------------------------
+    def decode_raw(self, z: torch.Tensor, chunked: bool = True) -> torch.Tensor:
+        """Raw (unnormalised) latents (B, z, T', H', W') -> video (B, 3, 1 + 4(T'-1), H, W), unclamped."""
+        cache, outs = CausalCache(), []
+        z = self.post_quant_conv(z)
+        for s in _chunks(z.shape[2], 1, 1 if chunked else None):
+            outs.append(self.decoder(z[:, :, s], cache))
+        p = self.config.patch_size
+        return rearrange(torch.cat(outs, dim=2), "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+
+    def decode(self, z: torch.Tensor, chunked: bool = True) -> torch.Tensor:
+        """Normalised latents -> video (B, 3, T, H, W) in [-1, 1]."""
+        return self.decode_raw(self.denormalise(z), chunked).clamp(-1.0, 1.0)
