@@ -1,0 +1,1 @@
+"""Converters from foreign checkpoint key layouts to kinema's parameter names."""

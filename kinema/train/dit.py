@@ -1,0 +1,195 @@
+"""Train the diffusion transformer by flow matching on cached VAE latents of the shapes world.
+
+    kinema train --vae runs/vae/checkpoint.pt --out runs/dit --steps 4000 --batch 32
+
+1. A pool of training clips is rendered, encoded once by the frozen VAE and the frozen text encoder, and cached in
+   `<out>/pool.pt` (the DiT never pays for the VAE or the text encoder again). The VAE's per-channel latent
+   statistics are measured on the pool and written into its config.
+2. Flow matching: t ~ shift(logit-normal), x_t = (1 - t) x0 + t noise, loss = |v_pred - (noise - x0)|^2.
+   A fraction of captions is dropped to the empty prompt so classifier-free guidance works.
+3. AdamW, warmup + cosine, EMA, gradient clipping; loss logged per t-bin; atomic checkpoints; `--resume`.
+   Each checkpoint also writes a loadable model folder `<out>/model` (EMA weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kinema.data.shapes import random_training_clip
+from kinema.dit.model import DiT, DiTConfig
+from kinema.flow.convention import TIMESTEP_SCALE, add_noise, velocity_target
+from kinema.flow.schedule import logit_normal_times
+from kinema.pipelines.loading import save_model
+from kinema.pipelines.text_to_video import GenerationSettings
+from kinema.text.encoder import TextEncoder, TextEncoderConfig
+from kinema.train.common import EMA, MetricsLog, atomic_save, lr_at, rng_state, set_rng_state
+from kinema.vae.model import VAEConfig, VideoVAE
+
+log = logging.getLogger(__name__)
+
+DIT_PRESETS = {
+    "shapes": DiTConfig(in_channels=16, out_channels=16, dim=256, num_heads=4, num_layers=6, ffn_dim=1024,
+                        text_dim=384, freq_dim=256),
+    "tiny": DiTConfig(in_channels=4, out_channels=4, dim=24, num_heads=2, num_layers=2, ffn_dim=48,
+                      text_dim=384, freq_dim=32),
+    "wan2.1-1.3b": DiTConfig(),
+    "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824),
+}
+T_BINS = (0.25, 0.5, 0.75, 1.0)
+
+
+def load_vae_checkpoint(path: str | Path) -> VideoVAE:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    vae = VideoVAE(VAEConfig.from_dict(ck["config"]))
+    vae.load_state_dict(ck.get("ema", ck["model"]))
+    return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def build_pool(vae: VideoVAE, text: TextEncoder, n: int, seed: int, frames: int, size: int, batch: int = 64):
+    """Render n training clips, encode them; returns raw latent means (N, C, T', H', W'), caption ids, captions."""
+    rng = np.random.default_rng(seed)
+    latents, captions = [], []
+    for start in range(0, n, batch):
+        clips = [random_training_clip(rng, frames, size, size) for _ in range(min(batch, n - start))]
+        video = torch.from_numpy(np.stack([c.frames for c in clips])).float().div(127.5).sub(1)
+        mean, _ = vae.encode_moments(video.permute(0, 4, 1, 2, 3), chunked=False)
+        latents.append(mean)
+        captions += [c.caption for c in clips]
+        log.info("pool: %d / %d clips encoded", start + len(clips), n)
+    unique = sorted(set(captions))
+    index = {c: i for i, c in enumerate(unique)}
+    emb = torch.cat([text(unique[i:i + 256]) for i in range(0, len(unique), 256)])
+    return {"latents": torch.cat(latents), "caption_ids": torch.tensor([index[c] for c in captions]),
+            "text": emb.half(), "captions": unique, "empty": text([""])[0].half()}
+
+
+def latent_stats(latents: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean = latents.mean(dim=(0, 2, 3, 4))
+    std = latents.std(dim=(0, 2, 3, 4))
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kinema train", description=__doc__.split("\n")[0])
+    p.add_argument("--vae", required=True, help="VAE checkpoint from `kinema train-vae`")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--preset", default="shapes", choices=sorted(DIT_PRESETS))
+    p.add_argument("--pool", type=int, default=24000, help="training clips in the latent pool")
+    p.add_argument("--frames", type=int, default=17)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--text-dropout", type=float, default=0.1, help="fraction of captions replaced by ''")
+    p.add_argument("--t-shift", type=float, default=2.0, help="timestep shift of the training t draw")
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args(argv)
+
+
+def _prepare(args, out: Path):
+    """Frozen VAE (with latent statistics), the cached pool (normalised latents), and the text config."""
+    text_cfg = TextEncoderConfig()
+    vae = load_vae_checkpoint(args.vae)
+    pool_path = out / "pool.pt"
+    if pool_path.exists():
+        pool = torch.load(pool_path, weights_only=False)
+    else:
+        pool = build_pool(vae, TextEncoder(text_cfg), args.pool, args.seed + 1, args.frames, args.size)
+        atomic_save(pool, pool_path)
+    mean, std = latent_stats(pool["latents"])
+    cfg = VAEConfig.from_dict({**vae.config.to_dict(), "latents_mean": mean, "latents_std": std})
+    vae_n = VideoVAE(cfg)
+    vae_n.load_state_dict(vae.state_dict())
+    pool["latents"] = vae_n.normalise(pool["latents"])
+    return vae_n.eval(), pool, text_cfg
+
+
+def sample_batch(pool: dict, batch: int, dropout: float, g: torch.Generator):
+    idx = torch.randint(len(pool["latents"]), (batch,), generator=g)
+    x0 = pool["latents"][idx]
+    text = pool["text"][pool["caption_ids"][idx]].float()
+    drop = torch.rand(batch, generator=g) < dropout
+    text[drop] = pool["empty"].float()
+    return x0, text
+
+
+def flow_loss(dit: DiT, x0, text, t, noise) -> torch.Tensor:
+    """Per-sample flow-matching MSE (B,)."""
+    v = dit(add_noise(x0, noise, t), t * TIMESTEP_SCALE, text)
+    return (v - velocity_target(x0, noise)).square().mean(dim=(1, 2, 3, 4))
+
+
+def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    out, lo = {}, 0.0
+    for hi in T_BINS:
+        sel = (t >= lo) & (t < hi if hi < 1 else t <= hi)
+        if sel.any():
+            out[f"loss_t{lo:.2f}-{hi:.2f}"] = float(losses[sel].mean())
+        lo = hi
+    return out
+
+
+def train(args: argparse.Namespace) -> Path:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    np_rng = np.random.default_rng(args.seed)
+    vae, pool, text_cfg = _prepare(args, out)
+    dit = DiT(DIT_PRESETS[args.preset])
+    opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    ema, step, g = EMA(dit, args.ema), 0, torch.Generator().manual_seed(args.seed)
+    ckpt_path = out / "checkpoint.pt"
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        dit.load_state_dict(ck["model"]), ema.model.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
+        step = ck["step"]
+        set_rng_state(ck["rng"], np_rng)
+        g.set_state(ck["gen"])
+        log.info("resumed from step %d", step)
+    metrics = MetricsLog(out / "metrics.jsonl")
+    while step < args.steps:
+        t0 = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+        x0, text = sample_batch(pool, args.batch, args.text_dropout, g)
+        t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
+        losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g))
+        opt.zero_grad(set_to_none=True)
+        losses.mean().backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
+        opt.step()
+        ema.update(dit, step)
+        step += 1
+        metrics.write(step, loss=float(losses.mean()), gnorm=float(gnorm), lr=opt.param_groups[0]["lr"],
+                      sec=round(time.time() - t0, 3), **per_bin(t, losses.detach()))
+        if step % args.ckpt_every == 0 or step == args.steps:
+            atomic_save({"model": dit.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+                         "step": step, "rng": rng_state(np_rng), "gen": g.get_state(),
+                         "config": dit.config.to_dict(), "args": vars(args)}, ckpt_path)
+            save_model(out / "model", text_cfg, vae, ema.model, GenerationSettings(shift=args.t_shift),
+                       name="shapes", extra={"trained_steps": step})
+    return ckpt_path
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Video objects and files: frames as uint8 arrays, MP4 (H.264 / H.265) through PyAV, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CODECS = {"h264": "libx264", "h265": "libx265"}
+
+
+@dataclass
+class Video:
+    """A clip: frames (T, H, W, 3) uint8 RGB at `fps`, plus free-form metadata (prompt, seed, model, ...)."""
+
+    frames: np.ndarray
+    fps: float = 8.0
+    metadata: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_tensor(cls, video: torch.Tensor, fps: float = 8.0, metadata: dict | None = None) -> "Video":
+        """From (3, T, H, W) or (1, 3, T, H, W) in [-1, 1]."""
+        if video.ndim == 5:
+            video = video[0]
+        frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return cls(frames.permute(1, 2, 3, 0).cpu().numpy(), fps, dict(metadata or {}))
+
+    def to_tensor(self) -> torch.Tensor:
+        """(1, 3, T, H, W) float in [-1, 1]."""
+        return torch.from_numpy(self.frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[0]
+
+    def save(self, path: str | Path, codec: str = "h264", crf: int = 18) -> Path:
+        return write_mp4(path, self.frames, self.fps, codec=codec, crf=crf, metadata=self.metadata)
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True) if not path.parent.exists() else None
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float, codec: str = "h264", crf: int = 18,
+              metadata: dict | None = None) -> Path:
+    """Encode frames (T, H, W, 3) uint8 to an MP4 (yuv420p) at `path`, atomically (temp file, then rename)."""
+    import av
+
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}")
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
+            for k, v in (metadata or {}).items():
+                container.metadata[str(k)] = str(v)
+            stream = container.add_stream(CODECS[codec], rate=_fps_fraction(fps))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            if codec == "h265":
+                stream.codec_tag = "hvc1"  # Apple players open hvc1-tagged HEVC only
+                stream.options["x265-params"] = "log-level=error"
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fps_fraction(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)
+
+
+def read_video(path: str | Path) -> Video:
+    """Decode a video file to RGB frames; raises ValueError if it cannot be read."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            fps = float(stream.average_rate or stream.guessed_rate or 8)
+            metadata = dict(container.metadata)
+    except (av.error.FFmpegError, IndexError, OSError) as e:
+        raise ValueError(f"cannot read video {path}: {e}") from e
+    if not frames:
+        raise ValueError(f"video {path} has no frames")
+    return Video(np.stack(frames), fps, metadata)

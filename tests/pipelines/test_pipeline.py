@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+import kinema
+from kinema.pipelines.loading import ModelError, load_pipeline
+
+
+def test_load_exposes_components(tiny_model_dir):
+    pipe = kinema.load_pipeline(tiny_model_dir)
+    assert pipe.vae.config.z_dim == 4 and pipe.dit.config.dim == 24
+    emb = pipe.text_encoder(["a prompt"])
+    assert emb.shape == (1, 32, 384)
+
+
+def test_same_seed_same_video_different_seed_different_video(tiny_model_dir):
+    pipe = load_pipeline(tiny_model_dir)
+    a = pipe("a red circle moving right on a black background", seed=3)
+    b = pipe("a red circle moving right on a black background", seed=3)
+    c = pipe("a red circle moving right on a black background", seed=4)
+    assert a.frames.shape == (9, 32, 32, 3)
+    assert (a.frames == b.frames).all()
+    assert (a.frames != c.frames).any()
+
+
+def test_save_then_load_gives_identical_outputs(tiny_model_dir, tmp_path):
+    from kinema.pipelines.loading import save_model
+
+    pipe = load_pipeline(tiny_model_dir)
+    copy = save_model(tmp_path / "copy", pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "copy")
+    again = load_pipeline(copy)
+    for a, b in zip(pipe.dit.state_dict().values(), again.dit.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(1, 4, 3, 4, 4)
+    t, text = torch.tensor([500.0]), torch.randn(1, 6, 384)
+    assert torch.equal(pipe.dit(x, t, text), again.dit(x, t, text))
+    assert torch.equal(pipe.vae.decode(x), again.vae.decode(x))
+    assert (pipe("a blue square", seed=1).frames == again("a blue square", seed=1).frames).all()
+
+
+def test_bad_settings_are_refused(tiny_model_dir):
+    pipe = load_pipeline(tiny_model_dir)
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        pipe.settings(frames=10)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        pipe.settings(height=40)
+    with pytest.raises(ValueError, match="empty"):
+        pipe("   ")
+    with pytest.raises(ValueError, match="limit"):
+        pipe("x" * 5000)
+
+
+def test_broken_model_folders_give_clear_errors(tiny_model_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(ModelError, match="neither a built-in model"):
+        load_pipeline(tmp_path / "absent")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "dit.safetensors").unlink()
+    with pytest.raises(ModelError, match="missing weights file"):
+        load_pipeline(broken)
+    shutil.copy(tiny_model_dir / "dit.safetensors", broken / "dit.safetensors")
+    data = (broken / "vae.safetensors").read_bytes()
+    (broken / "vae.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ModelError, match="vae.safetensors"):
+        load_pipeline(broken)
+    shutil.copy(tiny_model_dir / "dit.safetensors", broken / "vae.safetensors")  # a file of another model
+    with pytest.raises(ModelError, match="does not fit"):
+        load_pipeline(broken)

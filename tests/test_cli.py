@@ -1,0 +1,65 @@
+import subprocess
+import sys
+
+import pytest
+
+from kinema.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_an_h264_mp4(tiny_model_dir, tmp_path, capsys):
+    import av
+
+    out = tmp_path / "sub" / "clip.mp4"
+    code, stdout, _ = _run(capsys, "generate", "a red circle moving right on a black background", "-o", str(out),
+                           "--model", str(tiny_model_dir), "--seed", "5", "--fps", "10", "--quiet")
+    assert code == 0 and out.exists() and "wrote" in stdout
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264" and s.average_rate == 10
+        assert sum(1 for _ in c.decode(s)) == 9
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--frames", "10"], "1 + 4k"),
+    (["--height", "40"], "multiples of 16"),
+    (["--frames", "abc"], "whole number"),
+    (["--guidance", "lots"], "expected a number"),
+    (["--seed", "-3"], "seed"),
+    (["--steps", "0"], "positive"),
+    (["--model", "/no/such/model"], "neither a built-in model"),
+    (["-o", "/proc/forbidden/x.mp4"], "cannot write"),
+    (["-o", "out.avi"], "must end in"),
+    (["--device", "cuda"], "CUDA"),
+])
+def test_bad_input_one_line_exit_2(tiny_model_dir, tmp_path, capsys, args, needle):
+    base = ["generate", "a red circle", "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4")]
+    if "--device" in args and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA present")
+    code, _, err = _run(capsys, *base, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("prompt,needle", [("", "empty"), ("   ", "empty"), ("x" * 3000, "characters")])
+def test_bad_prompts(tiny_model_dir, tmp_path, capsys, prompt, needle):
+    code, _, err = _run(capsys, "generate", prompt, "--model", str(tiny_model_dir), "-o", str(tmp_path / "x.mp4"))
+    assert code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_unknown_command_and_missing_prompt(capsys):
+    assert _run(capsys, "frobnicate")[0] == 2
+    code, _, err = _run(capsys, "generate")
+    assert code == 2 and "required" in err and err.count("\n") == 1
+
+
+def test_console_entry_point_exit_code():
+    r = subprocess.run([sys.executable, "-m", "kinema.cli", "generate", "x", "--frames", "6"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
