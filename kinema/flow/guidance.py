@@ -34,3 +34,20 @@ def guided_velocity(dit, text: torch.Tensor, negative: torch.Tensor, scale: floa
         v_uncond, v_cond = dit(torch.cat([x, x]), torch.cat([t, t]) * TIMESTEP_SCALE, both).chunk(2)
         return v_uncond + scale * (v_cond - v_uncond)
     return model
+
+
+def with_given_frames(model: Velocity, clean: torch.Tensor, given: torch.Tensor, tokens_per_frame: int) -> Velocity:
+    """Hold some latent frames fixed (image-to-video, keyframes, extension), as Wan2.2 TI2V does.
+
+    clean (B, C, T', H, W) holds the given frames' latents; given (B, T') marks them. Before every model call the
+    given frames are reset to their clean latents and their tokens get time 0; their velocity is returned as 0,
+    so any sampler leaves them exactly as given.
+    """
+    frame_mask = given[:, None, :, None, None]  # (B, 1, T', 1, 1)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = torch.where(frame_mask, clean, x)
+        t_tokens = torch.where(given, torch.zeros_like(t)[:, None], t[:, None])   # (B, T')
+        v = model(x, t_tokens.repeat_interleave(tokens_per_frame, dim=1))          # per-token time (B, L)
+        return torch.where(frame_mask, torch.zeros_like(v), v)
+    return fn

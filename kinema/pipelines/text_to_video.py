@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from kinema.dit.model import DiT
-from kinema.flow.guidance import guided_velocity
+from kinema.flow.guidance import guided_velocity, with_given_frames
 from kinema.flow.samplers import SAMPLERS
 from kinema.flow.schedule import sampling_times
 from kinema.text.encoder import TextEncoder
 from kinema.vae.model import VideoVAE
+from kinema.video.image import fit_image, image_to_tensor
 from kinema.video.io import Video
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,40 @@ class TextToVideoPipeline:
         neg = self.text_encoder([negative]).to(self.device).expand(len(prompts), -1, -1)
         return text, neg
 
-    def initial_noise(self, s: GenerationSettings, batch: int) -> torch.Tensor:
-        """Standard normal latents from a CPU generator seeded with s.seed (identical on every device)."""
-        g = torch.Generator("cpu").manual_seed(s.seed)
-        return torch.randn((batch, *self.latent_shape(s)), generator=g, dtype=torch.float32).to(self.device)
+    def initial_noise(self, s: GenerationSettings, seeds: list[int]) -> torch.Tensor:
+        """Standard normal latents, sample i from a CPU generator seeded with seeds[i] (the same on every device)."""
+        shape = self.latent_shape(s)
+        noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(sd)) for sd in seeds]
+        return torch.stack(noise).to(self.device)
 
-    def denoise(self, noise, text, negative, s: GenerationSettings, callback=None) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_keyframes(self, s: GenerationSettings, batch: int, first=None, last=None):
+        """Clean latents (B, C, T', H', W') and the (B, T') mask of given latent frames for a first and/or last image
+        ((H, W, 3) uint8 arrays, fitted to the output size). The first image is encoded as frame 0 alone (the
+        causal VAE's image latent); the last as a still 4-frame chunk, giving the last latent frame."""
+        shape = self.latent_shape(s)
+        clean = torch.zeros(batch, *shape, device=self.device)
+        given = torch.zeros(batch, shape[1], dtype=torch.bool, device=self.device)
+        if last is not None and shape[1] < 2:
+            raise ValueError("a last image needs a video of at least 5 frames")
+        for image, index in ((first, 0), (last, shape[1] - 1)):
+            if image is None:
+                continue
+            x = image_to_tensor(fit_image(image, s.height, s.width)).to(self.device)
+            frames = 1 if index == 0 else 5
+            video = x[None, :, None].expand(1, 3, frames, s.height, s.width)  # (1, 3, F, H, W)
+            clean[:, :, index] = self.vae.encode(video)[:, :, -1]
+            given[:, index] = True
+        return clean, given
+
+    def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None) -> torch.Tensor:
+        """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed."""
         model = guided_velocity(self.dit, text, negative, s.guidance)
+        if keyframes is not None and keyframes[1].any():
+            clean, given = keyframes
+            _, ph, pw = self.dit.config.patch_size
+            model = with_given_frames(model, clean, given, (noise.shape[3] // ph) * (noise.shape[4] // pw))
+            noise = torch.where(given[:, None, :, None, None], clean, noise)
         times = sampling_times(s.steps, s.shift)
         return SAMPLERS[s.sampler](model, noise, times, callback)
 
@@ -95,19 +123,26 @@ class TextToVideoPipeline:
 
     # ---- the whole call -----------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[str], callback=None, **overrides) -> list[Video]:
-        """One video per prompt (a batch); `overrides` are GenerationSettings fields."""
+    def generate(self, prompts: list[str], callback=None, seeds: list[int] | None = None, image=None,
+                 last_image=None, **overrides) -> list[Video]:
+        """One video per prompt, as one batch; prompt i uses seeds[i] (default: seed + i).
+        `image` / `last_image` ((H, W, 3) uint8) fix the first / last frame (image-to-video, keyframes).
+        `overrides` are GenerationSettings fields."""
         s = self.settings(**overrides)
+        seeds = list(seeds) if seeds is not None else [s.seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         timings, t0 = {}, time.perf_counter()
         text, neg = self.encode_prompts(prompts, s.negative_prompt)
         timings["text"], t0 = time.perf_counter() - t0, time.perf_counter()
-        latents = self.denoise(self.initial_noise(s, len(prompts)), text, neg, s, callback)
+        keyframes = self.encode_keyframes(s, len(prompts), image, last_image)
+        latents = self.denoise(self.initial_noise(s, seeds), text, neg, s, callback, keyframes)
         timings["denoise"], t0 = time.perf_counter() - t0, time.perf_counter()
         video = self.decode(latents)
         timings["decode"] = time.perf_counter() - t0
         log.info("timings %s", {k: round(v, 3) for k, v in timings.items()})
         meta = {**s.to_dict(), "model": self.name}
-        return [Video.from_tensor(v, s.fps, {**meta, "prompt": p}) for v, p in zip(video, prompts)]
+        return [Video.from_tensor(v, s.fps, {**meta, "prompt": p, "seed": sd}) for v, p, sd in zip(video, prompts, seeds)]
 
     def __call__(self, prompt: str, callback=None, **overrides) -> Video:
         return self.generate([prompt], callback, **overrides)[0]

@@ -7,6 +7,9 @@
    statistics are measured on the pool and written into its config.
 2. Flow matching: t ~ shift(logit-normal), x_t = (1 - t) x0 + t noise, loss = |v_pred - (noise - x0)|^2.
    A fraction of captions is dropped to the empty prompt so classifier-free guidance works.
+   A fraction of samples is conditioned on given latent frames (the first; first and last; or the first few),
+   as Wan2.2 TI2V does: those frames stay clean, their tokens get timestep 0, and the loss skips them. So one
+   model does text-to-video, image-to-video, keyframes and extension.
 3. AdamW, warmup + cosine, EMA, gradient clipping; loss logged per t-bin; atomic checkpoints; `--resume`.
    Each checkpoint also writes a loadable model folder `<out>/model` (EMA weights).
 """
@@ -34,7 +37,7 @@ from kinema.vae.model import VAEConfig, VideoVAE
 log = logging.getLogger(__name__)
 
 DIT_PRESETS = {
-    "shapes": DiTConfig(in_channels=16, out_channels=16, dim=256, num_heads=4, num_layers=6, ffn_dim=1024,
+    "shapes": DiTConfig(in_channels=16, out_channels=16, dim=192, num_heads=3, num_layers=6, ffn_dim=768,
                         text_dim=384, freq_dim=256),
     "tiny": DiTConfig(in_channels=4, out_channels=4, dim=24, num_heads=2, num_layers=2, ffn_dim=48,
                       text_dim=384, freq_dim=32),
@@ -81,17 +84,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae", required=True, help="VAE checkpoint from `kinema train-vae`")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="shapes", choices=sorted(DIT_PRESETS))
-    p.add_argument("--pool", type=int, default=24000, help="training clips in the latent pool")
+    p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=8e-4)
-    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--text-dropout", type=float, default=0.1, help="fraction of captions replaced by ''")
     p.add_argument("--t-shift", type=float, default=2.0, help="timestep shift of the training t draw")
+    p.add_argument("--cond-frac", type=float, default=0.35,
+                   help="fraction of samples conditioned on given latent frames (image-to-video, keyframes)")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -126,10 +131,37 @@ def sample_batch(pool: dict, batch: int, dropout: float, g: torch.Generator):
     return x0, text
 
 
-def flow_loss(dit: DiT, x0, text, t, noise) -> torch.Tensor:
-    """Per-sample flow-matching MSE (B,)."""
-    v = dit(add_noise(x0, noise, t), t * TIMESTEP_SCALE, text)
-    return (v - velocity_target(x0, noise)).square().mean(dim=(1, 2, 3, 4))
+def given_frames(batch: int, frames: int, frac: float, g: torch.Generator) -> torch.Tensor:
+    """(B, T') bool: latent frames held fixed. Of the conditioned samples: 60 % the first frame, 20 % the first
+    and last, 20 % the first 1..T'-1 frames (continuing a video)."""
+    given = torch.zeros(batch, frames, dtype=torch.bool)
+    for i in torch.nonzero(torch.rand(batch, generator=g) < frac).flatten().tolist():
+        kind = torch.rand(1, generator=g).item()
+        if kind < 0.6 or frames < 2:
+            given[i, 0] = True
+        elif kind < 0.8:
+            given[i, [0, -1]] = True
+        else:
+            given[i, : int(torch.randint(1, frames, (1,), generator=g))] = True
+    return given
+
+
+def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample flow-matching MSE (B,) over the frames that are not given.
+
+    t (B,) is the time of the generated frames; given (B, T') marks clean frames whose tokens get t = 0.
+    """
+    b, _, frames, h, w = x0.shape
+    if given is None:
+        given = torch.zeros(b, frames, dtype=torch.bool)
+    t_frame = torch.where(given, 0.0, t[:, None])                                    # (B, T')
+    x_t = add_noise(x0, noise, t_frame[:, None, :, None, None])
+    _, ph, pw = dit.config.patch_size
+    t_tokens = t_frame.repeat_interleave((h // ph) * (w // pw), dim=1)               # (B, L), frame-major
+    v = dit(x_t, t_tokens * TIMESTEP_SCALE, text)
+    err = (v - velocity_target(x0, noise)).square().mean(dim=(1, 3, 4))              # (B, T')
+    keep = (~given).float()
+    return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
@@ -167,7 +199,8 @@ def train(args: argparse.Namespace) -> Path:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         x0, text = sample_batch(pool, args.batch, args.text_dropout, g)
         t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
-        losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g))
+        given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
+        losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g), given)
         opt.zero_grad(set_to_none=True)
         losses.mean().backward()
         gnorm = torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
@@ -180,7 +213,8 @@ def train(args: argparse.Namespace) -> Path:
             atomic_save({"model": dit.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
                          "step": step, "rng": rng_state(np_rng), "gen": g.get_state(),
                          "config": dit.config.to_dict(), "args": vars(args)}, ckpt_path)
-            save_model(out / "model", text_cfg, vae, ema.model, GenerationSettings(shift=args.t_shift),
+            defaults = GenerationSettings(frames=args.frames, height=args.size, width=args.size, shift=args.t_shift)
+            save_model(out / "model", text_cfg, vae, ema.model, defaults,
                        name="shapes", extra={"trained_steps": step})
     return ckpt_path
 

@@ -121,7 +121,7 @@ def train(args: argparse.Namespace) -> Path:
         opt.step()
         ema.update(vae, step)
         step += 1
-        metrics.write(step, **{k: float(v) for k, v in losses.items()}, gnorm=float(gnorm),
+        metrics.write(step, **{k: v.item() for k, v in losses.items()}, gnorm=float(gnorm),
                       lr=opt.param_groups[0]["lr"], sec=round(time.time() - t0, 3))
         if step % args.ckpt_every == 0 or step == args.steps:
             atomic_save({"model": vae.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),

@@ -67,3 +67,37 @@ def test_broken_model_folders_give_clear_errors(tiny_model_dir, tmp_path):
     shutil.copy(tiny_model_dir / "dit.safetensors", broken / "vae.safetensors")  # a file of another model
     with pytest.raises(ModelError, match="does not fit"):
         load_pipeline(broken)
+
+
+def test_given_keyframes_come_out_exactly_as_encoded(tiny_model_dir):
+    import numpy as np
+
+    pipe = load_pipeline(tiny_model_dir)
+    s = pipe.settings(frames=9)
+    rng = np.random.default_rng(0)
+    first, last = (rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(2))
+    clean, given = pipe.encode_keyframes(s, 2, first, last)
+    assert given.tolist() == [[True, False, True]] * 2
+    text, neg = pipe.encode_prompts(["a red circle", "a blue box"], "")
+    for sampler in ("euler", "heun"):
+        s2 = pipe.settings(frames=9, sampler=sampler)
+        z = pipe.denoise(pipe.initial_noise(s2, [0, 1]), text, neg, s2, keyframes=(clean, given))
+        assert torch.equal(z[:, :, 0], clean[:, :, 0]) and torch.equal(z[:, :, 2], clean[:, :, 2])
+        free = pipe.denoise(pipe.initial_noise(s2, [0, 1]), text, neg, s2)
+        assert not torch.equal(free[:, :, 0], clean[:, :, 0])
+    video = pipe("a red circle", image=first)
+    assert video.frames.shape == (9, 32, 32, 3)
+
+
+def test_image_loading_errors(tmp_path):
+    from kinema.video.image import fit_image, load_image
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(bad)
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_image(tmp_path / "absent.png")
+    import numpy as np
+
+    assert fit_image(np.zeros((30, 90, 3), np.uint8), 32, 32).shape == (32, 32, 3)

@@ -29,3 +29,26 @@ def test_cache_and_batch_consistency(text_encoder):
 def test_too_long_prompt_is_refused(text_encoder):
     with pytest.raises(ValueError, match="characters"):
         text_encoder(["word " * 1000])
+
+
+def test_any_local_transformers_encoder_loads_through_the_same_interface(tmp_path):
+    """A T5 encoder folder (as Wan's umT5 would be) works like the default encoder."""
+    import shutil
+
+    from transformers import T5Config, T5EncoderModel
+
+    from kinema.text.encoder import TextEncoder, TextEncoderConfig, resolve_source
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=30522, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2)
+    T5EncoderModel(cfg).save_pretrained(tmp_path)
+    minilm = resolve_source("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, tmp_path / name)
+    enc = TextEncoder(TextEncoderConfig(source=str(tmp_path), max_length=16, pad_to=24, dim=16))
+    emb, mask = enc.encode_with_mask(["a red circle", "a much longer prompt about a blue square"])
+    assert emb.shape == (2, 24, 16) and mask.sum(1).tolist() == [5, 10]
+    assert emb[0, 5:].abs().max() == 0
+    assert type(enc._model).__name__ == "T5EncoderModel"
+    with pytest.raises(FileNotFoundError):
+        TextEncoder(TextEncoderConfig(source=str(tmp_path / "nope")))(["x"])

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from kinema.data.shapes import Scene, render_clip
+from kinema.eval.run import judge_row, load_prompts, summarise
+from kinema.eval.vae import reconstruction_psnr
+from tests.conftest import tiny_vae
+
+
+def test_canonical_prompt_list_covers_the_world():
+    prompts = load_prompts("kinema/eval/prompts/canonical.txt")
+    scenes = [s for _, s in prompts]
+    assert sum(s.held_out for s in scenes) == 24 and len(scenes) == 66
+    assert {s.motion for s in scenes if not s.held_out} == {"left", "right", "up", "down", "grow", "shrink",
+                                                             "still", "bounce"}
+    assert len({(s.colour, s.shape) for s in scenes if not s.held_out}) == 21
+
+
+def test_bad_prompt_files(tmp_path):
+    (tmp_path / "p.txt").write_text("a red circle moving left on a black background\nsomething else\n")
+    with pytest.raises(ValueError, match="p.txt:2"):
+        load_prompts(tmp_path / "p.txt")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_prompts(tmp_path / "absent.txt")
+
+
+def test_rows_and_summary_on_real_and_wrong_clips():
+    rng = np.random.default_rng(0)
+    right = Scene("red", "circle", "right", "black")
+    held = Scene("orange", "circle", "up", "gray")
+    rows = [judge_row(render_clip(right, rng).frames, right), judge_row(render_clip(held, rng).frames, held)]
+    wrong = render_clip(Scene("blue", "square", "left", "black"), rng).frames
+    rows.append(judge_row(wrong, right))
+    summary = summarise(rows)
+    assert summary["held-out"]["all"] == 1.0 and summary["held-out"]["n"] == 1
+    assert summary["seen"]["background"] == 1.0 and summary["seen"]["colour"] == 0.5
+    assert summary["seen"]["motion"] == 0.5 and summary["seen"]["all"] == 0.5
+
+
+def test_reconstruction_psnr_runs_and_is_low_for_an_untrained_vae():
+    r = reconstruction_psnr(tiny_vae(), n=4, frames=5, size=32, batch=2)
+    assert r["clips"] == 4 and r["psnr_mean"] < 25
