@@ -80,19 +80,26 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="text-to-video")
     p.add_argument("prompt")
     p.add_argument("-o", "--output", default="out.mp4", help="output .mp4 (written atomically)")
-    p.add_argument("--model", default="shapes", help="built-in model name or model folder")
+    p.add_argument("--model", default="shapes",
+                   help="built-in model name, model folder (kinema, diffusers Wan, original Wan) or Wan DiT .safetensors")
     p.add_argument("--frames", type=_positive_int, help="frame count, 1 + 4k (default: the model's)")
     p.add_argument("--height", type=_positive_int)
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--shift", type=_number, help="timestep shift of the sampling grid")
-    p.add_argument("--sampler", help="euler or heun")
+    p.add_argument("--sampler", help="euler, heun or unipc (default: the model's)")
+    p.add_argument("--schedule", choices=["uniform", "diffusers", "wan"],
+                   help="time grid: uniform, or diffusers' / the original Wan's UniPC grid (default: the model's)")
     p.add_argument("--negative-prompt")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--fps", type=_number)
+    p.add_argument("--image", help="first frame (png/jpg): image-to-video")
+    p.add_argument("--last-image", help="last frame (png/jpg): keyframe conditioning")
     p.add_argument("--codec", default="h264", choices=["h264", "h265"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights and compute dtype (float32 default; bfloat16 for large Wan models on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -101,12 +108,17 @@ def cmd_generate(args) -> int:
     from tqdm import tqdm
 
     import kinema
+    from kinema.video.image import load_image
+
+    images = {k: load_image(v) for k, v in (("image", args.image), ("last_image", args.last_image)) if v}
 
     t0 = time.perf_counter()
-    pipe = kinema.load_pipeline(args.model, device=args.device)
+    import torch
+
+    pipe = kinema.load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
     settings = dict(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                    guidance=args.guidance, shift=args.shift, sampler=args.sampler, seed=args.seed,
-                    fps=args.fps, negative_prompt=args.negative_prompt)
+                    guidance=args.guidance, shift=args.shift, sampler=args.sampler, schedule=args.schedule,
+                    seed=args.seed, fps=args.fps, negative_prompt=args.negative_prompt)
     pipe.settings(**settings)  # validate before loading the text encoder
     bar = tqdm(total=None, desc="denoising", unit="step", disable=args.quiet, leave=False)
 
@@ -114,7 +126,7 @@ def cmd_generate(args) -> int:
         bar.total = n
         bar.update(1)
 
-    video = pipe(args.prompt, callback=progress, **settings)
+    video = pipe(args.prompt, callback=progress, **images, **settings)
     bar.close()
     video.save(out, codec=args.codec)
     print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")

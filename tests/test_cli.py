@@ -63,3 +63,24 @@ def test_console_entry_point_exit_code():
     r = subprocess.run([sys.executable, "-m", "kinema.cli", "generate", "x", "--frames", "6"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_generate_from_an_image(tiny_model_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    img = tmp_path / "first.png"
+    Image.fromarray(np.full((48, 48, 3), 200, np.uint8)).save(img)
+    out = tmp_path / "i2v.mp4"
+    code, _, _ = _run(capsys, "generate", "a red circle", "--image", str(img), "--last-image", str(img),
+                      "--model", str(tiny_model_dir), "-o", str(out), "--quiet")
+    assert code == 0 and out.exists()
+
+
+def test_unreadable_image_is_refused(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "notimage.png"
+    bad.write_text("hello")
+    out = tmp_path / "x.mp4"
+    code, _, err = _run(capsys, "generate", "a red circle", "--image", str(bad), "--model", str(tiny_model_dir),
+                        "-o", str(out))
+    assert code == 2 and "cannot read image" in err and err.count("\n") == 1 and not out.exists()

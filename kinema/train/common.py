@@ -72,11 +72,14 @@ def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
 class MetricsLog:
     """Appends one JSON object per line; also logs a short line every `every` steps."""
 
-    def __init__(self, path: str | Path, every: int = 50):
+    def __init__(self, path: str | Path, every: int = 50, resume_step: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.every = every
         self.t0 = time.time()
+        if resume_step is not None and self.path.exists():  # drop lines logged after the checkpoint we resume
+            kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, step: int, **metrics) -> None:
         rec = {"step": step, "time": round(time.time() - self.t0, 2), **metrics}

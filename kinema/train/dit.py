@@ -192,7 +192,7 @@ def train(args: argparse.Namespace) -> Path:
         set_rng_state(ck["rng"], np_rng)
         g.set_state(ck["gen"])
         log.info("resumed from step %d", step)
-    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
     while step < args.steps:
         t0 = time.time()
         for group in opt.param_groups:

@@ -28,11 +28,12 @@ VAE_PRESETS = {
     # The embedded default: 4x4 patchify, factorised (2+1)D convs, 16x16 and 8x8 stages; 8x spatial, 4x temporal.
     "shapes": VAEConfig(z_dim=16, base_dim=48, dim_mult=(1, 2, 2), num_res_blocks=1,
                         temporal_downsample=(True, True), spatial_downsample=(True, False),
-                        attn_mid=True, patch_size=4, conv="2+1d"),
+                        attn_mid=True, patch_size=4, conv="2+1d", residual=True),
     # A few thousand parameters, for tests.
     "tiny": VAEConfig(z_dim=4, base_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
                       temporal_downsample=(True, True), spatial_downsample=(True, False),
-                      attn_mid=True, patch_size=4, conv="2+1d", latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4),
+                      attn_mid=True, patch_size=4, conv="2+1d", residual=True,
+                      latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4),
     # Wan 2.1's VAE (127M parameters).
     "wan2.1": VAEConfig(),
 }
@@ -78,12 +79,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="shapes", choices=sorted(VAE_PRESETS))
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=9, help="clip length for training (1 + 4k)")
+    p.add_argument("--frames", default="9,17",
+                   help="clip lengths for training (1 + 4k), comma-separated: each step draws one")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--object-weight", type=float, default=8.0, help="extra loss weight on object pixels")
-    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--kl-weight", type=float, default=1e-6,
+                   help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -108,12 +111,13 @@ def train(args: argparse.Namespace) -> Path:
         step = ck["step"]
         set_rng_state(ck["rng"], rng)
         log.info("resumed from step %d", step)
-    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
     while step < args.steps:
         t0 = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-        video, cover = clip_batch(rng, args.batch, args.frames, args.size)
+        lengths = [int(f) for f in str(args.frames).split(",")]
+        video, cover = clip_batch(rng, args.batch, lengths[rng.integers(len(lengths))], args.size)
         losses = vae_step(vae, video, cover, args)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()

@@ -36,6 +36,7 @@ class VAEConfig:
     attn_mid: bool = True                              # per-frame self-attention in the middle blocks
     patch_size: int = 1                                # space-to-depth before the encoder (Wan 2.2: 2)
     conv: str = "3d"                                   # "3d" (Wan) or "2+1d" (factorised, CPU-cheap)
+    residual: bool = False                             # parameter-free shortcuts around each stage (Wan 2.2 idea)
     latents_mean: tuple[float, ...] = (0.0,) * 16      # per-channel statistics for latent normalisation
     latents_std: tuple[float, ...] = (1.0,) * 16
 
@@ -155,6 +156,45 @@ class Upsample(nn.Module):
         return rearrange(y, "b (two c) t h w -> b c (t two) h w", two=2)  # (B, C, 2T, H, W)
 
 
+class AvgDown(nn.Module):
+    """Parameter-free stage shortcut of the encoder: space/time-to-channel, then average channel groups.
+
+    Frames are paired as the Downsample time conv pairs them: frame 0 alone (repeated), then (1, 2), (3, 4), ...
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, t: int, s: int):
+        super().__init__()
+        assert (in_dim * t * s * s) % out_dim == 0
+        self.out_dim, self.t, self.s = out_dim, t, s
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        if self.t == 2 and not cache.seen(self):  # the first chunk is frame 0 alone
+            cache.put(self, None)
+            x = x.repeat_interleave(2, dim=2)
+        x = rearrange(x, "b c (t pt) (h ps) (w qs) -> b (c pt ps qs) t h w", pt=self.t, ps=self.s, qs=self.s)
+        return x.unflatten(1, (self.out_dim, -1)).mean(2)
+
+
+class DupUp(nn.Module):
+    """Parameter-free stage shortcut of the decoder: duplicate channels, then channel-to-space/time.
+
+    The first latent frame gives one frame (its duplicate in time is dropped), as the Upsample time conv does.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, t: int, s: int):
+        super().__init__()
+        assert (out_dim * t * s * s) % in_dim == 0
+        self.repeats, self.t, self.s = out_dim * t * s * s // in_dim, t, s
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = x.repeat_interleave(self.repeats, dim=1)
+        x = rearrange(x, "b (c pt ps qs) t h w -> b c (t pt) (h ps) (w qs)", pt=self.t, ps=self.s, qs=self.s)
+        if self.t == 2 and not cache.seen(self):
+            cache.put(self, None)
+            x = x[:, :, 1:]
+        return x
+
+
 class MidBlock(nn.Module):
     def __init__(self, dim: int, conv: str, attn: bool):
         super().__init__()
@@ -174,37 +214,52 @@ class Encoder(nn.Module):
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
         self.conv_in = conv3x3(3 * cfg.patch_size**2, dims[0], cfg.conv)
         blocks: list[nn.Module] = []
+        shortcuts, self.stages = [], []  # stage k runs down_blocks[a:b] for (a, b) = stages[k]
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            start, stage_in = len(blocks), d_in
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(d_in, d_out, cfg.conv))
                 d_in = d_out
+            t = s = 1
             if i < len(cfg.dim_mult) - 1:
                 blocks.append(Downsample(d_out, cfg.temporal_downsample[i], cfg.spatial_downsample[i]))
+                t, s = 1 + cfg.temporal_downsample[i], 1 + cfg.spatial_downsample[i]
+            self.stages.append((start, len(blocks)))
+            if cfg.residual:
+                shortcuts.append(AvgDown(stage_in, d_out, t, s))
         self.down_blocks = nn.ModuleList(blocks)
+        self.shortcuts = nn.ModuleList(shortcuts)  # no parameters
         self.mid_block = MidBlock(dims[-1], cfg.conv, cfg.attn_mid)
         self.norm_out = RMSNorm(dims[-1])
         self.conv_out = conv3x3(dims[-1], 2 * cfg.z_dim, cfg.conv)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.conv_in(x, cache)
-        for block in self.down_blocks:
-            x = block(x, cache)
+        for k, (a, b) in enumerate(self.stages):
+            skip = self.shortcuts[k](x, cache) if self.shortcuts else None
+            for block in self.down_blocks[a:b]:
+                x = block(x, cache)
+            x = x if skip is None else x + skip
         x = self.mid_block(x, cache)
         return self.conv_out(F.silu(self.norm_out(x)), cache)
 
 
 class UpBlock(nn.Module):
-    def __init__(self, d_in: int, d_out: int, blocks: int, upsample: tuple[bool, bool] | None, conv: str):
+    def __init__(self, d_in: int, d_out: int, blocks: int, upsample: tuple[bool, bool] | None, conv: str,
+                 residual: bool = False):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResidualBlock(d_in if i == 0 else d_out, d_out, conv) for i in range(blocks)])
         self.upsamplers = nn.ModuleList(
             [Upsample(d_out, *upsample)] if upsample else [])  # upsample = (temporal, spatial)
+        t, s = (1 + upsample[0], 1 + upsample[1]) if upsample else (1, 1)
+        self.shortcut = DupUp(d_in, d_out // 2 if upsample else d_out, t, s) if residual else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        skip = self.shortcut(x, cache) if self.shortcut is not None else None
         for block in (*self.resnets, *self.upsamplers):
             x = block(x, cache)
-        return x
+        return x if skip is None else x + skip
 
 
 class Decoder(nn.Module):
@@ -219,7 +274,7 @@ class Decoder(nn.Module):
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
             d_in = d_in // 2 if i > 0 else d_in  # the previous upsample halved the channels
             up = None if i == len(mult) - 1 else (temporal_up[i], spatial_up[i])
-            blocks.append(UpBlock(d_in, d_out, cfg.num_res_blocks + 1, up, cfg.conv))
+            blocks.append(UpBlock(d_in, d_out, cfg.num_res_blocks + 1, up, cfg.conv, cfg.residual))
         self.up_blocks = nn.ModuleList(blocks)
         self.norm_out = RMSNorm(dims[-1])
         self.conv_out = conv3x3(dims[-1], 3 * cfg.patch_size**2, cfg.conv)

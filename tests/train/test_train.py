@@ -22,9 +22,15 @@ def _weights(path):
 
 
 def test_vae_training_runs_and_resumes_exactly(tmp_path):
+    import json
+
     straight = train_vae.train(_vae_args(tmp_path / "a", 4))
     train_vae.train(_vae_args(tmp_path / "b", 2))
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # a run killed after its last checkpoint logged more
+        f.write(json.dumps({"step": 3, "loss": 9.0}) + "\n")
     resumed = train_vae.train(_vae_args(tmp_path / "b", 4, resume=True))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
