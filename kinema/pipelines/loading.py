@@ -93,7 +93,12 @@ def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str =
     dev = pick_device(str(device))
     if (path / "model.json").exists():
         return _load_kinema(path, dev, dtype)
-    raise ModelError(f"{path} is not a model folder this version understands (no model.json)")
+    from kinema.pipelines import wan  # Wan checkpoints: diffusers / original folders, single DiT files
+
+    if wan.detect_layout(path) is not None:
+        return wan.load_wan_pipeline(path, dev, dtype)
+    raise ModelError(f"{path} is not a model folder or file this version understands (no model.json; nor a Wan checkpoint: "
+                     f"{wan.LAYOUTS_HELP})")
 
 
 def _atomic_save_safetensors(state: dict, path: Path, metadata: dict | None = None) -> None:

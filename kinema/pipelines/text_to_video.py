@@ -17,8 +17,8 @@ import torch
 
 from kinema.dit.model import DiT
 from kinema.flow.guidance import guided_velocity, with_given_frames
-from kinema.flow.samplers import SAMPLERS
-from kinema.flow.schedule import sampling_times
+from kinema.flow.samplers import SAMPLERS, quantised_timesteps
+from kinema.flow.schedule import diffusers_flow_times, sampling_times, wan_flow_times
 from kinema.text.encoder import TextEncoder
 from kinema.vae.model import VideoVAE
 from kinema.video.image import fit_image, image_to_tensor
@@ -39,9 +39,22 @@ class GenerationSettings:
     sampler: str = "euler"        # a key of kinema.flow.samplers.SAMPLERS
     negative_prompt: str = ""     # the unconditional branch of CFG
     seed: int = 0
+    schedule: str = "uniform"     # time grid: a key of SCHEDULES ("diffusers" / "wan": those UniPC grids, and the
+                                  # network fed int(t * 1000) / 1000 as they feed it)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+SCHEDULES = ("uniform", "diffusers", "wan")
+
+
+def schedule_times(schedule: str, steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(times the sampler steps on, float64 grid the network's timesteps are quantised to, or None)."""
+    if schedule == "uniform":
+        return sampling_times(steps, shift), None
+    grid_fn = {"diffusers": diffusers_flow_times, "wan": wan_flow_times}[schedule]
+    return grid_fn(steps, shift, fp32=True), grid_fn(steps, shift)
 
 
 class TextToVideoPipeline:
@@ -59,6 +72,8 @@ class TextToVideoPipeline:
             raise ValueError(f"steps must be between 1 and 1000, got {s.steps}")
         if s.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {s.sampler!r}; choose from {sorted(SAMPLERS)}")
+        if s.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {s.schedule!r}; choose from {list(SCHEDULES)}")
         if not 0 < s.fps <= 240 or s.guidance < 0 or s.shift <= 0:
             raise ValueError("fps must be in (0, 240], guidance >= 0 and shift > 0")
         return s
@@ -102,24 +117,33 @@ class TextToVideoPipeline:
             x = image_to_tensor(fit_image(image, s.height, s.width)).to(self.device)
             frames = 1 if index == 0 else 5
             video = x[None, :, None].expand(1, 3, frames, s.height, s.width)  # (1, 3, F, H, W)
-            clean[:, :, index] = self.vae.encode(video)[:, :, -1]
+            clean[:, :, index] = self.vae.encode(video.to(next(self.vae.parameters()).dtype))[:, :, -1]
             given[:, index] = True
         return clean, given
 
     def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None) -> torch.Tensor:
         """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed."""
-        model = guided_velocity(self.dit, text, negative, s.guidance)
+        model = guided_velocity(self._dit_in(noise.dtype), text, negative, s.guidance)
         if keyframes is not None and keyframes[1].any():
             clean, given = keyframes
             _, ph, pw = self.dit.config.patch_size
             model = with_given_frames(model, clean, given, (noise.shape[3] // ph) * (noise.shape[4] // pw))
             noise = torch.where(given[:, None, :, None, None], clean, noise)
-        times = sampling_times(s.steps, s.shift)
+        times, grid = schedule_times(s.schedule, s.steps, s.shift)
+        if grid is not None:  # outermost, so that it sees the sampler's (B,) times
+            model = quantised_timesteps(model, grid)
         return SAMPLERS[s.sampler](model, noise, times, callback)
+
+    def _dit_in(self, dtype: torch.dtype):
+        """The DiT, fed in its own dtype (bf16 weights) while the sampler's latents stay in `dtype`."""
+        own = next(self.dit.parameters()).dtype
+        if own == dtype:
+            return self.dit
+        return lambda x, t, context: self.dit(x.to(own), t, context).to(x.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents)
+        return self.vae.decode(latents.to(next(self.vae.parameters()).dtype)).float()
 
     # ---- the whole call -----------------------------------------------------------------------------------------
     @torch.no_grad()

