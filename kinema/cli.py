@@ -1,6 +1,8 @@
 """The `kinema` command.
 
     kinema generate "a red circle moving right on a black background" -o out.mp4
+    kinema generate "a blue square" -o clip.gif --saturation 1.3 --lut film.cube --upscale 2 --interpolate
+    kinema generate --from out.json -o frames/ --seed 3       (re-run a recorded run, with overrides)
     kinema eval --model shapes --prompts kinema/eval/prompts/canonical.txt
     kinema train-vae --out runs/vae          kinema train --vae runs/vae/checkpoint.pt --out runs/dit
     kinema models
@@ -76,12 +78,30 @@ def check_writable(path: Path, suffixes: tuple[str, ...] = (".mp4",)) -> Path:
     return path
 
 
+GENERATE_EPILOG = """\
+output: -o decides the format: NAME.mp4 (H.264 by default, --codec h265 for HEVC; --crf sets quality),
+NAME.gif (looping GIF), or a folder path ending in / (frame_0000.png, frame_0001.png, ...). Every write is atomic,
+and a sidecar NAME.json (frames/ -> frames.json) records prompt, seed, model, settings and post-processing;
+`kinema generate --from NAME.json` re-runs it (flags given with --from override the file).
+post-processing, always in this order: contrast, brightness, saturation, temperature, LUT, sharpen, upscale,
+interpolate. Upscaled frames are limited to 4096 px per side."""
+
+GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "shift", "sampler", "schedule", "negative_prompt",
+             "seed", "fps")
+DTYPES = ("float32", "bfloat16", "float16")
+POST_FLAGS = ("contrast", "brightness", "saturation", "temperature", "lut", "sharpen", "sharpen_radius", "upscale",
+              "upscale_method", "interpolate")
+
+
 def add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="text-to-video")
-    p.add_argument("prompt")
-    p.add_argument("-o", "--output", default="out.mp4", help="output .mp4 (written atomically)")
-    p.add_argument("--model", default="shapes",
-                   help="built-in model name, model folder (kinema, diffusers Wan, original Wan) or Wan DiT .safetensors")
+    p = sub.add_parser("generate", help="text-to-video", epilog=GENERATE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prompt", nargs="?", help="what to show (optional with --from: taken from the run file)")
+    p.add_argument("-o", "--output", help="out.mp4 (default), out.gif, or a folder ending in / for PNG frames")
+    p.add_argument("--from", dest="from_run", metavar="RUN.json",
+                   help="re-run the generation recorded in a sidecar JSON; explicit flags override it")
+    p.add_argument("--model", help="built-in model name (default: shapes), model folder (kinema, diffusers Wan, "
+                                   "original Wan) or Wan DiT .safetensors")
     p.add_argument("--frames", type=_positive_int, help="frame count, 1 + 4k (default: the model's)")
     p.add_argument("--height", type=_positive_int)
     p.add_argument("--width", type=_positive_int)
@@ -92,44 +112,152 @@ def add_generate(sub) -> None:
     p.add_argument("--schedule", choices=["uniform", "diffusers", "wan"],
                    help="time grid: uniform, or diffusers' / the original Wan's UniPC grid (default: the model's)")
     p.add_argument("--negative-prompt")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--fps", type=_number)
+    p.add_argument("--seed", type=_seed, help="default 0")
+    p.add_argument("--fps", type=_number, help="frame rate of the generated clip (x2 with --interpolate)")
     p.add_argument("--image", help="first frame (png/jpg): image-to-video")
     p.add_argument("--last-image", help="last frame (png/jpg): keyframe conditioning")
-    p.add_argument("--codec", default="h264", choices=["h264", "h265"])
+    p.add_argument("--codec", choices=["h264", "h265"], help=".mp4 codec (default h264; yuv420p)")
+    p.add_argument("--crf", type=_crf, help=".mp4 quality, 0 (lossless) .. 51 (worst); default 18")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", choices=DTYPES,
                    help="weights and compute dtype (float32 default; bfloat16 for large Wan models on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_post_flags(p)
+
+
+def add_post_flags(p) -> None:
+    g = p.add_argument_group("post-processing (applied in this order; defaults change nothing)")
+    g.add_argument("--contrast", type=_number, metavar="X", help="around mid-grey, 1 = unchanged; [0, 4]")
+    g.add_argument("--brightness", type=_number, metavar="X", help="multiplier, 1 = unchanged; [0, 4]")
+    g.add_argument("--saturation", type=_number, metavar="X", help="0 = greyscale, 1 = unchanged; [0, 4]")
+    g.add_argument("--temperature", type=_number, metavar="T", help=">0 warmer, <0 cooler, 0 = unchanged; [-1, 1]")
+    g.add_argument("--lut", metavar="FILE.cube", help="3D LUT colour grade (Adobe/Resolve .cube)")
+    g.add_argument("--sharpen", type=_number, metavar="AMOUNT", help="unsharp mask, 0 = off, 0.5 moderate; [0, 5]")
+    g.add_argument("--sharpen-radius", type=_number, metavar="PX", help="unsharp-mask blur sigma (default 1)")
+    g.add_argument("--upscale", type=int, choices=[1, 2, 4], help="x2 or x4 size (1 = off); <= 4096 px per side")
+    g.add_argument("--upscale-method", choices=["lanczos", "bicubic"], help="default lanczos")
+    g.add_argument("--interpolate", action=argparse.BooleanOptionalAction,
+                   help="x2 frame rate: a blended frame between each pair (T -> 2T-1 frames, fps x 2)")
+
+
+def _crf(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if not 0 <= v <= 51:
+        raise argparse.ArgumentTypeError(f"crf must be in [0, 51], got {v}")
+    return v
+
+
+def _abs_path(p: str | None) -> str | None:
+    return None if p is None else str(Path(p).expanduser().resolve())
+
+
+def _checked_settings(d: dict, source: str) -> dict:
+    """GenerationSettings fields from a run file, type-checked (ValueError naming the file)."""
+    from dataclasses import fields
+
+    from kinema.pipelines.text_to_video import GenerationSettings
+
+    kinds = {f.name: type(f.default) for f in fields(GenerationSettings)}
+    for k, v in d.items():
+        ok = {int: (int,), float: (int, float), str: (str,)}.get(kinds.get(k), ())
+        if k not in kinds or not isinstance(v, ok) or isinstance(v, bool):
+            raise ValueError(f"run file {source}: bad setting {k}={v!r}")
+    return d
+
+
+def resolve_run(args) -> dict:
+    """The run to do: the --from file (if any) overridden by the flags given, with defaults filled in."""
+    from kinema.video.export import read_run
+
+    run = read_run(args.from_run) if args.from_run else {}
+    prompt = args.prompt if args.prompt is not None else run.get("prompt")
+    if prompt is None:
+        raise UsageError("kinema generate: error: the following arguments are required: prompt (or --from RUN.json)")
+    settings = _checked_settings(dict(run.get("settings", {})), args.from_run)
+    settings.update({k: getattr(args, k) for k in GEN_FLAGS if getattr(args, k) is not None})
+    settings.setdefault("seed", 0)
+    post = dict(run.get("post", {}))
+    post.update({k: getattr(args, k) for k in POST_FLAGS if getattr(args, k) is not None})
+    if args.lut is not None:
+        post["lut"] = _abs_path(args.lut)
+    model = args.model or run.get("model") or "shapes"
+    if Path(model).expanduser().exists():
+        model = _abs_path(model)
+    images = {k: _abs_path(getattr(args, k)) if getattr(args, k) else run.get(k) for k in ("image", "last_image")}
+    recorded = run.get("output", {}) if isinstance(run.get("output"), dict) else {}
+    codec = args.codec or recorded.get("codec") or "h264"
+    crf = args.crf if args.crf is not None else recorded.get("crf", 18)
+    dtype = args.dtype or run.get("dtype") or "float32"
+    if codec not in ("h264", "h265") or type(crf) is not int or not 0 <= crf <= 51 or dtype not in DTYPES:
+        raise ValueError(f"run file {args.from_run}: bad codec {codec!r}, crf {crf!r} or dtype {dtype!r}")
+    return {"prompt": prompt, "model": model, "settings": settings, "post": post, **images, "dtype": dtype,
+            "codec": codec, "crf": crf}
+
+
+def check_output(raw: str, mp4_flag: str | None = None) -> tuple[Path, str]:
+    """(path, kind) of the requested output, checked before any work; UsageError if it cannot be written."""
+    from kinema.video.export import FILE_SUFFIXES, is_frames_folder, output_kind, sidecar_path
+
+    try:
+        kind = output_kind(raw)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    path = Path(raw)
+    if mp4_flag and kind != "mp4":
+        raise UsageError(f"{mp4_flag} applies to .mp4 output, not {raw}")
+    if kind == "frames":
+        if path.exists() and not is_frames_folder(path):
+            raise UsageError(f"output folder {path} exists and holds more than PNG frames")
+        check_writable(sidecar_path(raw), (".json",))
+    else:
+        if path.is_dir():
+            raise UsageError(f"output {path} is a folder (end it with / to write PNG frames into it)")
+        check_writable(path, FILE_SUFFIXES)
+        if sidecar_path(raw).is_dir():
+            raise UsageError(f"sidecar {sidecar_path(raw)} is a folder")
+    return path, kind
 
 
 def cmd_generate(args) -> int:
-    out = check_writable(Path(args.output))
+    run = resolve_run(args)
+    raw_out = args.output or "out.mp4"  # a trailing "/" (a frames folder) matters: keep the string
+    out, kind = check_output(raw_out, "--codec" if args.codec else "--crf" if args.crf is not None else None)
     from tqdm import tqdm
 
     import kinema
+    from kinema.video.export import save_output
     from kinema.video.image import load_image
+    from kinema.video.lut import load_cube
+    from kinema.video.post import PostSettings, check_upscale, postprocess
 
-    images = {k: load_image(v) for k, v in (("image", args.image), ("last_image", args.last_image)) if v}
+    post = PostSettings.from_dict(run["post"])
+    lut = load_cube(post.lut) if post.lut else None
+    images = {k: load_image(run[k]) for k in ("image", "last_image") if run[k]}
 
     t0 = time.perf_counter()
     import torch
 
-    pipe = kinema.load_pipeline(args.model, device=args.device, dtype=getattr(torch, args.dtype))
-    settings = dict(frames=args.frames, height=args.height, width=args.width, steps=args.steps,
-                    guidance=args.guidance, shift=args.shift, sampler=args.sampler, schedule=args.schedule,
-                    seed=args.seed, fps=args.fps, negative_prompt=args.negative_prompt)
-    pipe.settings(**settings)  # validate before loading the text encoder
+    pipe = kinema.load_pipeline(run["model"], device=args.device, dtype=getattr(torch, run["dtype"]))
+    s = pipe.settings(**run["settings"])  # validate before loading the text encoder
+    check_upscale(s.height, s.width, post.upscale)
     bar = tqdm(total=None, desc="denoising", unit="step", disable=args.quiet, leave=False)
 
     def progress(i, n):
         bar.total = n
         bar.update(1)
 
-    video = pipe(args.prompt, callback=progress, **images, **settings)
+    video = pipe(run["prompt"], callback=progress, **images, **s.to_dict())
     bar.close()
-    video.save(out, codec=args.codec)
-    print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
+    video = postprocess(video, post, lut)
+    sidecar = {"prompt": run["prompt"], "seed": s.seed, "model": run["model"], "model_name": pipe.name,
+               "settings": s.to_dict(), "post": post.to_dict(), "image": run["image"],
+               "last_image": run["last_image"], "dtype": run["dtype"], "kinema_version": kinema.__version__}
+    save_output(video, raw_out, codec=run["codec"], crf=run["crf"], run=sidecar)
+    print(f"wrote {out}{os.sep if kind == 'frames' else ''} ({video.num_frames} frames, {video.fps:g} fps) "
+          f"in {time.perf_counter() - t0:.1f}s")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
 
 
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temp file path next to `path`; on success it is renamed onto `path`, on any error removed."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, codec: str = "h264", crf: int = 18,
               metadata: dict | None = None) -> Path:
     """Encode frames (T, H, W, 3) uint8 to an MP4 (yuv420p) at `path`, atomically (temp file, then rename)."""
@@ -66,7 +81,9 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: float, codec: str = "h2
             stream.options = {"crf": str(crf)}
             if codec == "h265":
                 stream.codec_tag = "hvc1"  # Apple players open hvc1-tagged HEVC only
-                stream.options["x265-params"] = "log-level=error"
+                # x265's SIMD code corrupts the heap on some narrow frames (seen at widths 40 and 48: abort);
+                # frames that small encode in no time without it
+                stream.options["x265-params"] = "log-level=error" + (":asm=0" if frames.shape[2] < 64 else "")
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())
