@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from kinema.convert import state_dict_mismatch
+
 _RULES = [
     (r"^token_embedding\.weight$", "shared.weight"),
     (r"^norm\.weight$", "encoder.final_layer_norm.weight"),
@@ -78,14 +80,9 @@ def build_umt5(state: dict, dtype: torch.dtype = torch.float32):
     converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in convert_original_t5(state).items()}
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(converted)), sorted(set(converted) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"does not fit umT5: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    bad = [k for k in own if own[k].shape != converted[k].shape]
-    if bad:
-        raise ValueError(f"shape mismatch for {bad[0]}: file {tuple(converted[bad[0]].shape)}, "
-                         f"model {tuple(own[bad[0]].shape)}")
+    problem = state_dict_mismatch(model.state_dict(), converted)
+    if problem:
+        raise ValueError(f"does not fit umT5: {problem}")
     model.load_state_dict(converted, assign=True)
     model.encoder.embed_tokens = model.shared
     return model

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from kinema.convert import state_dict_mismatch
 from kinema.dit.model import DiT, DiTConfig
 from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
@@ -59,14 +60,9 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"cannot read {path}: {e}") from e
-    own = module.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ModelError(f"{path} does not fit the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    bad = [k for k in own if own[k].shape != state[k].shape]
-    if bad:
-        k = bad[0]
-        raise ModelError(f"{path}: shape mismatch for {k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}")
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise ModelError(f"{path} does not fit the model: {problem}")
     module.load_state_dict(state)
 
 

@@ -87,3 +87,51 @@ class MetricsLog:
             f.write(json.dumps(rec) + "\n")
         if step % self.every == 0:
             log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+
+
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, loss: torch.Tensor, step: int,
+                   clip: float = 1.0) -> float:
+    """Backward, clip the gradient norm, step, update the EMA; returns the gradient norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    ema.update(model, step)
+    return float(gnorm)
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, args) -> float:
+    lr = lr_at(step, args.lr, args.warmup, args.steps)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def save_checkpoint(path: Path, model: nn.Module, ema: EMA, opt, step: int, np_rng: np.random.Generator,
+                    args, gen: torch.Generator | None = None) -> None:
+    """Everything a run needs to continue exactly: weights, EMA, optimizer, step, RNG states, config, args."""
+    atomic_save({"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
+                 "step": step, "rng": rng_state(np_rng), "gen": gen.get_state() if gen is not None else None,
+                 "config": model.config.to_dict(), "args": vars(args)}, path)
+
+
+def resume(path: Path, model: nn.Module, ema: EMA, opt, np_rng: np.random.Generator,
+           gen: torch.Generator | None = None) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns its step (0 when there is none)."""
+    if not path.exists():
+        return 0
+    ck = torch.load(path, weights_only=False)
+    model.load_state_dict(ck["model"])
+    ema.model.load_state_dict(ck["ema"])
+    opt.load_state_dict(ck["opt"])
+    set_rng_state(ck["rng"], np_rng)
+    if gen is not None:
+        gen.set_state(ck["gen"])
+    log.info("resumed from step %d", ck["step"])
+    return ck["step"]
+
+
+def run_main(parse_args, train, argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(parse_args(argv))
+    return 0

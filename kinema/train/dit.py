@@ -31,7 +31,7 @@ from kinema.flow.schedule import logit_normal_times
 from kinema.pipelines.loading import save_model
 from kinema.pipelines.text_to_video import GenerationSettings
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
-from kinema.train.common import EMA, MetricsLog, atomic_save, lr_at, rng_state, set_rng_state
+from kinema.train.common import EMA, MetricsLog, atomic_save, optimizer_step, resume, run_main, save_checkpoint, set_lr
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -183,36 +183,21 @@ def train(args: argparse.Namespace) -> Path:
     vae, pool, text_cfg = _prepare(args, out)
     dit = DiT(DIT_PRESETS[args.preset])
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
-    ema, step, g = EMA(dit, args.ema), 0, torch.Generator().manual_seed(args.seed)
-    ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        dit.load_state_dict(ck["model"]), ema.model.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
-        step = ck["step"]
-        set_rng_state(ck["rng"], np_rng)
-        g.set_state(ck["gen"])
-        log.info("resumed from step %d", step)
+    ema, g, ckpt_path = EMA(dit, args.ema), torch.Generator().manual_seed(args.seed), out / "checkpoint.pt"
+    step = resume(ckpt_path, dit, ema, opt, np_rng, g) if args.resume else 0
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
     while step < args.steps:
-        t0 = time.time()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+        t0, lr = time.time(), set_lr(opt, step, args)
         x0, text = sample_batch(pool, args.batch, args.text_dropout, g)
         t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
         given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
         losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g), given)
-        opt.zero_grad(set_to_none=True)
-        losses.mean().backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(dit.parameters(), 1.0)
-        opt.step()
-        ema.update(dit, step)
+        gnorm = optimizer_step(dit, opt, ema, losses.mean(), step)
         step += 1
-        metrics.write(step, loss=float(losses.mean()), gnorm=float(gnorm), lr=opt.param_groups[0]["lr"],
-                      sec=round(time.time() - t0, 3), **per_bin(t, losses.detach()))
+        metrics.write(step, loss=float(losses.mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
+                      **per_bin(t, losses.detach()))
         if step % args.ckpt_every == 0 or step == args.steps:
-            atomic_save({"model": dit.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
-                         "step": step, "rng": rng_state(np_rng), "gen": g.get_state(),
-                         "config": dit.config.to_dict(), "args": vars(args)}, ckpt_path)
+            save_checkpoint(ckpt_path, dit, ema, opt, step, np_rng, args, g)
             defaults = GenerationSettings(frames=args.frames, height=args.size, width=args.size, shift=args.t_shift)
             save_model(out / "model", text_cfg, vae, ema.model, defaults,
                        name="shapes", extra={"trained_steps": step})
@@ -220,9 +205,7 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(parse_args(argv))
-    return 0
+    return run_main(parse_args, train, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kinema.data.shapes import random_training_clip
-from kinema.train.common import EMA, MetricsLog, atomic_save, lr_at, rng_state, set_rng_state
+from kinema.train.common import EMA, MetricsLog, optimizer_step, resume, run_main, save_checkpoint, set_lr
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -103,41 +103,25 @@ def train(args: argparse.Namespace) -> Path:
     rng = np.random.default_rng(args.seed)
     vae = VideoVAE(VAE_PRESETS[args.preset])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
-    ema, step = EMA(vae, args.ema), 0
-    ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(ck["model"]), ema.model.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
-        step = ck["step"]
-        set_rng_state(ck["rng"], rng)
-        log.info("resumed from step %d", step)
+    ema, ckpt_path = EMA(vae, args.ema), out / "checkpoint.pt"
+    step = resume(ckpt_path, vae, ema, opt, rng) if args.resume else 0
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
+    lengths = [int(f) for f in str(args.frames).split(",")]
     while step < args.steps:
-        t0 = time.time()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
-        lengths = [int(f) for f in str(args.frames).split(",")]
+        t0, lr = time.time(), set_lr(opt, step, args)
         video, cover = clip_batch(rng, args.batch, lengths[rng.integers(len(lengths))], args.size)
         losses = vae_step(vae, video, cover, args)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        ema.update(vae, step)
+        gnorm = optimizer_step(vae, opt, ema, losses["loss"], step)
         step += 1
-        metrics.write(step, **{k: v.item() for k, v in losses.items()}, gnorm=float(gnorm),
-                      lr=opt.param_groups[0]["lr"], sec=round(time.time() - t0, 3))
+        metrics.write(step, **{k: v.item() for k, v in losses.items()}, gnorm=gnorm, lr=lr,
+                      sec=round(time.time() - t0, 3))
         if step % args.ckpt_every == 0 or step == args.steps:
-            atomic_save({"model": vae.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
-                         "step": step, "rng": rng_state(rng), "config": vae.config.to_dict(),
-                         "args": vars(args)}, ckpt_path)
+            save_checkpoint(ckpt_path, vae, ema, opt, step, rng, args)
     return ckpt_path
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(parse_args(argv))
-    return 0
+    return run_main(parse_args, train, argv)
 
 
 if __name__ == "__main__":

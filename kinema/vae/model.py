@@ -15,14 +15,14 @@ z_norm = (z - latents_mean) / latents_std; `decode` takes normalised latents.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from kinema.vae.causal import CausalCache, CausalConv3d, RMSNorm, _keep_last, conv3x3
+from kinema.vae.causal import CausalCache, CausalConv3d, RMSNorm, conv3x3
 
 
 @dataclass(frozen=True)
