@@ -276,9 +276,10 @@ def add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from kinema.eval.run import main_eval
+    from kinema.eval.run import run_eval
 
-    return main_eval(args)
+    print(run_eval(args)[1])
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

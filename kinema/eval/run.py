@@ -108,7 +108,8 @@ def reconstruct_all(vae, scenes: list[Scene], seeds: int, frames: int, size: int
     return out
 
 
-def main_eval(args) -> int:
+def run_eval(args) -> tuple[dict, str]:
+    """Generate and judge the prompt list; returns the results and a markdown report."""
     import kinema
 
     prompts = load_prompts(args.prompts)
@@ -120,17 +121,17 @@ def main_eval(args) -> int:
     rows = [judge_row(v, sc) for v, sc in zip(videos, scenes * args.seeds)]
     result = {"model": str(args.model), "settings": s.to_dict(), "seeds": args.seeds,
               "generated": summarise(rows)}
-    print(format_table(result["generated"], f"generated ({args.model}, {s.steps} steps, guidance {s.guidance})"))
+    report = [format_table(result["generated"], f"generated ({args.model}, {s.steps} steps, guidance {s.guidance})")]
     if args.vae_recon:
         recon = reconstruct_all(pipe.vae, scenes, args.seeds, s.frames, s.height)
         result["vae_recon"] = summarise([judge_row(v, sc) for v, sc in zip(recon, scenes * args.seeds)])
-        print("\n" + format_table(result["vae_recon"], "VAE reconstructions of real clips (ceiling)"))
-        result["vae_psnr_held_out"] = reconstruction_psnr(pipe.vae, n=48, frames=s.frames, size=s.height)
-        print(f"\nVAE reconstruction PSNR on 48 held-out clips: {result['vae_psnr_held_out']['psnr_mean']:.2f} dB "
-              f"(min {result['vae_psnr_held_out']['psnr_min']:.2f} dB)")
+        report.append(format_table(result["vae_recon"], "VAE reconstructions of real clips (ceiling)"))
+        r = result["vae_psnr_held_out"] = reconstruction_psnr(pipe.vae, n=48, frames=s.frames, size=s.height)
+        report.append(f"VAE reconstruction PSNR on 48 held-out clips: {r['psnr_mean']:.2f} dB "
+                      f"(min {r['psnr_min']:.2f} dB)")
     if args.json:
         _write_json(Path(args.json), result)
-    return 0
+    return result, "\n\n".join(report)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -40,3 +40,21 @@ def test_rows_and_summary_on_real_and_wrong_clips():
 def test_reconstruction_psnr_runs_and_is_low_for_an_untrained_vae():
     r = reconstruction_psnr(tiny_vae(), n=4, frames=5, size=32, batch=2)
     assert r["clips"] == 4 and r["psnr_mean"] < 25
+
+
+def test_eval_command_end_to_end(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from kinema.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# two prompts\na red circle moving left on a black background\n"
+                       "a cyan square growing on a gray background\n")
+    out = tmp_path / "r.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--seeds", "2", "--steps", "2",
+                 "--vae-recon", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "| seen | 2 |" in printed and "| held-out | 2 |" in printed and "PSNR" in printed
+    result = json.loads(out.read_text())
+    assert result["generated"]["seen"]["n"] == 2 and "vae_recon" in result and result["seeds"] == 2
+    assert main(["eval", "--model", str(tiny_model_dir), "--prompts", str(tmp_path / "none.txt")]) == 2
