@@ -270,6 +270,8 @@ def add_eval(sub) -> None:
     p.add_argument("--guidance", type=_number)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--device", default="auto")
+    p.add_argument("--image", action="store_true",
+                   help="image-to-video: animate each scene's rendered first frame (use prompts/i2v.txt)")
     p.add_argument("--vae-recon", action="store_true",
                    help="also judge VAE reconstructions of real clips of the same prompts (the VAE's ceiling)")
     p.add_argument("--json", help="write the results as JSON here")

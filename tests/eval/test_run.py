@@ -58,3 +58,21 @@ def test_eval_command_end_to_end(tiny_model_dir, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["generated"]["seen"]["n"] == 2 and "vae_recon" in result and result["seeds"] == 2
     assert main(["eval", "--model", str(tiny_model_dir), "--prompts", str(tmp_path / "none.txt")]) == 2
+
+
+def test_eval_image_mode(tiny_model_dir, tmp_path, capsys):
+    from kinema.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left on a black background\n")
+    code = main(["eval", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--seeds", "1", "--steps", "2",
+                 "--image"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "image-to-video" in printed and "first output frame vs input image" in printed
+
+
+def test_i2v_prompt_list():
+    prompts = load_prompts("kinema/eval/prompts/i2v.txt")
+    assert len(prompts) == 24 and not any(s.held_out for _, s in prompts)
+    motions = [s.motion for _, s in prompts]
+    assert all(motions.count(m) == 3 for m in set(motions)) and len(set(motions)) == 8
