@@ -221,12 +221,23 @@ def check_output(raw: str, mp4_flag: str | None = None) -> tuple[Path, str]:
     return path, kind
 
 
+def progress_bar(quiet: bool):
+    """A tqdm bar over denoising steps and the sampler callback that drives it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="denoising", unit="step", disable=quiet, leave=False)
+
+    def progress(i, n):
+        if bar.total != n:
+            bar.reset(total=n)
+        bar.update(1)
+    return bar, progress
+
+
 def cmd_generate(args) -> int:
     run = resolve_run(args)
     raw_out = args.output or "out.mp4"  # a trailing "/" (a frames folder) matters: keep the string
     out, kind = check_output(raw_out, "--codec" if args.codec else "--crf" if args.crf is not None else None)
-    from tqdm import tqdm
-
     import kinema
     from kinema.video.export import save_output
     from kinema.video.image import load_image
@@ -243,12 +254,7 @@ def cmd_generate(args) -> int:
     pipe = kinema.load_pipeline(run["model"], device=args.device, dtype=getattr(torch, run["dtype"]))
     s = pipe.settings(**run["settings"])  # validate before loading the text encoder
     check_upscale(s.height, s.width, post.upscale)
-    bar = tqdm(total=None, desc="denoising", unit="step", disable=args.quiet, leave=False)
-
-    def progress(i, n):
-        bar.total = n
-        bar.update(1)
-
+    bar, progress = progress_bar(args.quiet)
     video = pipe(run["prompt"], callback=progress, **images, **s.to_dict())
     bar.close()
     video = postprocess(video, post, lut)
@@ -258,6 +264,40 @@ def cmd_generate(args) -> int:
     save_output(video, raw_out, codec=run["codec"], crf=run["crf"], run=sidecar)
     print(f"wrote {out}{os.sep if kind == 'frames' else ''} ({video.num_frames} frames, {video.fps:g} fps) "
           f"in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def add_extend(sub) -> None:
+    p = sub.add_parser("extend", help="continue a video, window after window, to any length")
+    p.add_argument("video", help="the video to continue (mp4/mov/webm/mkv)")
+    p.add_argument("prompt")
+    p.add_argument("--frames", type=_positive_int, required=True, help="total frames of the result (1 + 4k)")
+    p.add_argument("-o", "--output", default="extended.mp4", help=".mp4, .gif or a folder/ for PNG frames")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--context", type=_positive_int, default=5, help="frames each window continues from (1 + 4j)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--guidance", type=_number)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def cmd_extend(args) -> int:
+    out, kind = check_output(args.output)
+    import kinema
+    from kinema.pipelines.extend import extend_video
+    from kinema.video.export import save_output
+    from kinema.video.io import read_video
+
+    t0 = time.perf_counter()
+    source = read_video(args.video)
+    pipe = kinema.load_pipeline(args.model, device=args.device)
+    bar, progress = progress_bar(args.quiet)
+    settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, **settings)
+    bar.close()
+    save_output(video, args.output, run={"extended": str(Path(args.video).resolve()), **video.metadata})
+    print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
@@ -289,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_generate(sub)
+    add_extend(sub)
     add_eval(sub)
     sub.add_parser("models", help="list the built-in models")
     for name, help_ in (("train-vae", "train the video VAE on the shapes world"),
@@ -306,6 +347,8 @@ def dispatch(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "extend":
+        return cmd_extend(args)
     if args.command == "eval":
         return cmd_eval(args)
     from kinema.pipelines.loading import builtin_models

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from kinema.pipelines.extend import colour_match, extend_video
+from kinema.pipelines.loading import load_pipeline
+from kinema.video.io import Video
+
+
+def _clip(t=9):
+    rng = np.random.default_rng(0)
+    return Video(rng.integers(0, 255, (t, 32, 32, 3), dtype=np.uint8), fps=8)
+
+
+def test_extend_keeps_the_input_and_reaches_the_length(tiny_model_dir):
+    pipe = load_pipeline(tiny_model_dir)
+    src = _clip()
+    out = extend_video(pipe, src, "a red circle moving right on a black background", frames=25, context=5)
+    assert out.num_frames == 25 and (out.frames[:9] == src.frames).all()
+    again = extend_video(pipe, src, "a red circle moving right on a black background", frames=25, context=5)
+    assert (again.frames == out.frames).all()  # seeded
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        extend_video(pipe, src, "x", frames=24)
+    with pytest.raises(ValueError, match="context"):
+        extend_video(pipe, src, "x", frames=25, context=4)
+
+
+def test_colour_match_removes_a_shift_and_keeps_matching_frames():
+    rng = np.random.default_rng(1)
+    ctx = rng.integers(40, 200, (5, 16, 16, 3)).astype(np.uint8)
+    assert np.abs(colour_match(ctx, ctx, ctx).astype(int) - ctx).max() <= 1
+    shifted = (ctx.astype(int) + 20).astype(np.uint8)
+    fixed = colour_match(shifted, shifted, ctx)
+    assert np.abs(fixed.astype(int) - ctx).mean() < 1.0
+
+
+def test_extend_cli_refuses_a_corrupt_video(tiny_model_dir, tmp_path, capsys):
+    from kinema.cli import main
+
+    bad = tmp_path / "in.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    out = tmp_path / "out.mp4"
+    code = main(["extend", str(bad), "a red circle", "--frames", "33", "--model", str(tiny_model_dir),
+                 "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot read video" in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_extend_cli_end_to_end(tiny_model_dir, tmp_path, capsys):
+    from kinema.cli import main
+    from kinema.video.io import read_video
+
+    src = tmp_path / "in.mp4"
+    _clip().save(src)
+    out = tmp_path / "long.mp4"
+    code = main(["extend", str(src), "a red circle", "--frames", "17", "--model", str(tiny_model_dir), "-o", str(out),
+                 "--steps", "2", "--quiet"])
+    assert code == 0 and read_video(out).num_frames == 17 and (tmp_path / "long.json").exists()
