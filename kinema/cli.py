@@ -114,6 +114,7 @@ def add_generate(sub) -> None:
     p.add_argument("--negative-prompt")
     p.add_argument("--seed", type=_seed, help="default 0")
     p.add_argument("--fps", type=_number, help="frame rate of the generated clip (x2 with --interpolate)")
+    p.add_argument("--save-latents", help="write the sampled latents here (.safetensors) before decoding")
     p.add_argument("--image", help="first frame (png/jpg): image-to-video")
     p.add_argument("--last-image", help="last frame (png/jpg): keyframe conditioning")
     p.add_argument("--codec", choices=["h264", "h265"], help=".mp4 codec (default h264; yuv420p)")
@@ -255,7 +256,7 @@ def cmd_generate(args) -> int:
     s = pipe.settings(**run["settings"])  # validate before loading the text encoder
     check_upscale(s.height, s.width, post.upscale)
     bar, progress = progress_bar(args.quiet)
-    video = pipe(run["prompt"], callback=progress, **images, **s.to_dict())
+    video = pipe(run["prompt"], callback=progress, save_latents=args.save_latents, **images, **s.to_dict())
     bar.close()
     video = postprocess(video, post, lut)
     sidecar = {"prompt": run["prompt"], "seed": s.seed, "model": run["model"], "model_name": pipe.name,
@@ -301,6 +302,33 @@ def cmd_extend(args) -> int:
     return 0
 
 
+def add_decode(sub) -> None:
+    p = sub.add_parser("decode", help="decode saved latents (kinema generate --save-latents) to a video")
+    p.add_argument("latents", help=".safetensors written by --save-latents")
+    p.add_argument("-o", "--output", default="decoded.mp4")
+    p.add_argument("--model", help="model whose VAE decodes (default: the one recorded in the file)")
+    p.add_argument("--tile", type=_positive_int, help="decode in spatial tiles of this many latent pixels")
+    p.add_argument("--device", default="auto")
+
+
+def cmd_decode(args) -> int:
+    out, _ = check_output(args.output)
+    import kinema
+    from kinema.pipelines.latents import load_latents
+    from kinema.vae.tiling import decode_tiled
+    from kinema.video.export import save_output
+    from kinema.video.io import Video
+
+    latents, run = load_latents(args.latents)
+    pipe = kinema.load_pipeline(args.model or run.get("model", "shapes"), device=args.device)
+    z = latents.to(pipe.device, next(pipe.vae.parameters()).dtype)
+    video = decode_tiled(pipe.vae, z, args.tile, args.tile // 4) if args.tile else pipe.decode(z)
+    clip = Video.from_tensor(video[:1], run.get("fps", pipe.defaults.fps), {"decoded_from": args.latents})
+    save_output(clip, args.output, run={"decoded_from": str(Path(args.latents).resolve()), **run})
+    print(f"wrote {out} ({clip.num_frames} frames)")
+    return 0
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="generate a prompt list and judge it (colour, shape, motion, background)")
     p.add_argument("--model", default="shapes")
@@ -330,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_generate(sub)
     add_extend(sub)
+    add_decode(sub)
     add_eval(sub)
     sub.add_parser("models", help="list the built-in models")
     for name, help_ in (("train-vae", "train the video VAE on the shapes world"),
@@ -347,6 +376,8 @@ def dispatch(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "decode":
+        return cmd_decode(args)
     if args.command == "extend":
         return cmd_extend(args)
     if args.command == "eval":

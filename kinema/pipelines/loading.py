@@ -87,12 +87,18 @@ def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str =
     """A ready pipeline (with .text_encoder, .vae, .dit) from a built-in model name or a model folder."""
     path = resolve_model_path(name_or_path)
     dev = pick_device(str(device))
+    pipe = None
     if (path / "model.json").exists():
-        return _load_kinema(path, dev, dtype)
-    from kinema.pipelines import wan  # Wan checkpoints: diffusers / original folders, single DiT files
+        pipe = _load_kinema(path, dev, dtype)
+    else:
+        from kinema.pipelines import wan  # Wan checkpoints: diffusers / original folders, single DiT files
 
-    if wan.detect_layout(path) is not None:
-        return wan.load_wan_pipeline(path, dev, dtype)
+        if wan.detect_layout(path) is not None:
+            pipe = wan.load_wan_pipeline(path, dev, dtype)
+    if pipe is not None:
+        builtin = path.parent == BUILTIN_DIR
+        pipe.source = path.name if builtin else str(path.resolve())  # what load_pipeline needs to load it again
+        return pipe
     raise ModelError(f"{path} is not a model folder or file this version understands (no model.json; nor a Wan checkpoint: "
                      f"{wan.LAYOUTS_HELP})")
 

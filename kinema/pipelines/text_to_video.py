@@ -62,6 +62,7 @@ class TextToVideoPipeline:
                  name: str = "custom", device: str | torch.device = "cpu"):
         self.text_encoder, self.vae, self.dit = text_encoder, vae, dit
         self.defaults, self.name, self.device = defaults, name, torch.device(device)
+        self.source = name  # set by load_pipeline to the name or path it was loaded from
 
     # ---- the stages ---------------------------------------------------------------------------------------------
     def settings(self, **overrides) -> GenerationSettings:
@@ -148,9 +149,10 @@ class TextToVideoPipeline:
     # ---- the whole call -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], callback=None, seeds: list[int] | None = None, image=None,
-                 last_image=None, **overrides) -> list[Video]:
+                 last_image=None, save_latents: str | None = None, **overrides) -> list[Video]:
         """One video per prompt, as one batch; prompt i uses seeds[i] (default: seed + i).
         `image` / `last_image` ((H, W, 3) uint8) fix the first / last frame (image-to-video, keyframes).
+        `save_latents`: a .safetensors path where the sampled latents are written before decoding.
         `overrides` are GenerationSettings fields."""
         s = self.settings(**overrides)
         seeds = list(seeds) if seeds is not None else [s.seed + i for i in range(len(prompts))]
@@ -162,6 +164,10 @@ class TextToVideoPipeline:
         keyframes = self.encode_keyframes(s, len(prompts), image, last_image)
         latents = self.denoise(self.initial_noise(s, seeds), text, neg, s, callback, keyframes)
         timings["denoise"], t0 = time.perf_counter() - t0, time.perf_counter()
+        if save_latents:  # before decoding: a decode that fails can be retried with `kinema decode`
+            from kinema.pipelines.latents import save_latents as _save
+
+            _save(save_latents, latents, {"prompts": prompts, "seeds": seeds, "model": self.source, **s.to_dict()})
         video = self.decode(latents)
         timings["decode"] = time.perf_counter() - t0
         log.info("timings %s", {k: round(v, 3) for k, v in timings.items()})
