@@ -48,6 +48,12 @@ T_BINS = (0.25, 0.5, 0.75, 1.0)
 
 
 def load_vae_checkpoint(path: str | Path) -> VideoVAE:
+    """The frozen VAE from a `kinema train-vae` checkpoint, or from a kinema model folder (its vae.safetensors)."""
+    path = Path(path)
+    if path.is_dir():
+        from kinema.pipelines.loading import load_pipeline
+
+        return load_pipeline(path).vae.requires_grad_(False)
     ck = torch.load(path, map_location="cpu", weights_only=False)
     vae = VideoVAE(VAEConfig.from_dict(ck["config"]))
     vae.load_state_dict(ck.get("ema", ck["model"]))
@@ -81,7 +87,8 @@ def latent_stats(latents: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kinema train", description=__doc__.split("\n")[0])
-    p.add_argument("--vae", required=True, help="VAE checkpoint from `kinema train-vae`")
+    p.add_argument("--vae", required=True, help="VAE checkpoint from `kinema train-vae`, or a model folder")
+    p.add_argument("--init", help="start the DiT from this model folder's dit.safetensors (e.g. kinema/models/shapes)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="shapes", choices=sorted(DIT_PRESETS))
     p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
@@ -182,6 +189,10 @@ def train(args: argparse.Namespace) -> Path:
     np_rng = np.random.default_rng(args.seed)
     vae, pool, text_cfg = _prepare(args, out)
     dit = DiT(DIT_PRESETS[args.preset])
+    if args.init:
+        from kinema.pipelines.loading import load_weights
+
+        load_weights(dit, Path(args.init) / "dit.safetensors")
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     ema, g, ckpt_path = EMA(dit, args.ema), torch.Generator().manual_seed(args.seed), out / "checkpoint.pt"
     step = resume(ckpt_path, dit, ema, opt, np_rng, g) if args.resume else 0

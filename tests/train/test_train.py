@@ -69,3 +69,14 @@ def test_given_frames_are_clean_and_not_in_the_loss():
     assert (a - c).abs().min() > 1e-4
     frac = train_dit.given_frames(4000, 5, 0.35, g).any(1).float().mean()
     assert abs(frac - 0.35) < 0.03
+
+
+def test_dit_training_can_start_from_a_model_folder(tmp_path):
+    """A later run continues from shipped weights: the VAE and the DiT initialisation come from a model folder."""
+    vae_ckpt = train_vae.train(_vae_args(tmp_path / "vae", 2))
+    train_dit.train(_dit_args(vae_ckpt, tmp_path / "a", 2))
+    folder = tmp_path / "a" / "model"
+    args = _dit_args(folder, tmp_path / "b", 2)
+    args.init = str(folder)
+    train_dit.train(args)
+    assert (tmp_path / "b" / "model" / "dit.safetensors").exists()
