@@ -32,11 +32,15 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message}")
 
 
-def _positive_int(s: str) -> int:
+def _whole(s: str) -> int:
     try:
-        v = int(s)
+        return int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+
+
+def _positive_int(s: str) -> int:
+    v = _whole(s)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
     return v
@@ -53,10 +57,7 @@ def _number(s: str) -> float:
 
 
 def _seed(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    v = _whole(s)
     if not 0 <= v < 2**63:
         raise argparse.ArgumentTypeError(f"seed must be in [0, 2^63), got {v}")
     return v

@@ -135,3 +135,11 @@ def run_main(parse_args, train, argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(parse_args(argv))
     return 0
+
+
+def start_run(args) -> np.random.Generator:
+    """Threads and seeds of a training run; returns its numpy generator."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    return np.random.default_rng(args.seed)

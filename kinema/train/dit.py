@@ -31,7 +31,8 @@ from kinema.flow.schedule import logit_normal_times
 from kinema.pipelines.loading import save_model
 from kinema.pipelines.text_to_video import GenerationSettings
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
-from kinema.train.common import EMA, MetricsLog, atomic_save, optimizer_step, resume, run_main, save_checkpoint, set_lr
+from kinema.train.common import (EMA, MetricsLog, atomic_save, optimizer_step, resume, run_main, save_checkpoint,
+                                 set_lr, start_run)
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -182,11 +183,7 @@ def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
 
 
 def train(args: argparse.Namespace) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    torch.manual_seed(args.seed)
-    np_rng = np.random.default_rng(args.seed)
+    out, np_rng = Path(args.out), start_run(args)
     vae, pool, text_cfg = _prepare(args, out)
     dit = DiT(DIT_PRESETS[args.preset])
     if args.init:

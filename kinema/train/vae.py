@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from kinema.data.shapes import random_training_clip
-from kinema.train.common import EMA, MetricsLog, optimizer_step, resume, run_main, save_checkpoint, set_lr
+from kinema.train.common import EMA, MetricsLog, optimizer_step, resume, run_main, save_checkpoint, set_lr, start_run
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train(args: argparse.Namespace) -> Path:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    out, rng = Path(args.out), start_run(args)
     vae = VideoVAE(VAE_PRESETS[args.preset])
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema, ckpt_path = EMA(vae, args.ema), out / "checkpoint.pt"
