@@ -64,7 +64,8 @@ def reconstruction_loss(recon, target, weight) -> dict[str, torch.Tensor]:
 
 
 def vae_step(vae: VideoVAE, video, cover, args) -> dict[str, torch.Tensor]:
-    mean, logvar = vae.encode_moments(video, chunked=False)
+    with torch.set_grad_enabled(not args.freeze_encoder):
+        mean, logvar = vae.encode_moments(video, chunked=False)
     z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
     recon = vae.decode_raw(z, chunked=False)
     losses = reconstruction_loss(recon, video, object_weight(cover, args.object_weight))
@@ -88,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--init", help="start from this VAE (a train-vae checkpoint or a model folder)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train the decoder only: latents (and any DiT trained on them) stay valid")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -95,10 +99,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def build_vae(args: argparse.Namespace) -> VideoVAE:
+    """A fresh VAE of the preset, or the one given by --init; with --freeze-encoder only the decoder trains."""
+    if args.init:
+        from kinema.train.dit import load_vae_checkpoint
+
+        vae = load_vae_checkpoint(args.init).train().requires_grad_(True)
+    else:
+        vae = VideoVAE(VAE_PRESETS[args.preset])
+    if args.freeze_encoder:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    return vae
+
+
 def train(args: argparse.Namespace) -> Path:
     out, rng = Path(args.out), start_run(args)
-    vae = VideoVAE(VAE_PRESETS[args.preset])
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
+    vae = build_vae(args)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema, ckpt_path = EMA(vae, args.ema), out / "checkpoint.pt"
     step = resume(ckpt_path, vae, ema, opt, rng) if args.resume else 0
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
