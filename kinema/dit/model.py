@@ -6,6 +6,12 @@
     N x block: adaLN-modulated self-attention (QK RMS-norm, 3D RoPE) -> cross-attention to the text -> FFN, gated
     head: adaLN from temb -> linear -> unpatchify -> velocity (B, C_out, F, H, W)
 
+Self-attention has three modes (`DiTConfig.attention`), all through scaled_dot_product_attention:
+    full        every token attends to every token (Wan)
+    factorised  spatial attention within each latent frame, then temporal attention across latent frames at each
+                position (a second attention module, optionally with a depthwise temporal conv beside it)
+    causal      block-causal: tokens of latent frame i attend to frames <= i; streams with a KV cache (`cache.py`)
+
 Parameter names follow the original Wan release, so its checkpoints load without renaming;
 `kinema.convert` maps diffusers' names onto these.
 """
@@ -20,7 +26,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from kinema.dit.cache import KVSlot
 from kinema.dit.rope import apply_rope, axis_dims, rope_table
+
+ATTENTION_MODES = ("full", "factorised", "causal")
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patch of the 3D patch embedding
     cross_attn_norm: bool = True            # affine LayerNorm before cross-attention (Wan: on)
     eps: float = 1e-6                       # LayerNorm / RMSNorm epsilon
+    attention: str = "full"                 # self-attention: "full" (Wan), "factorised" or "causal" (see above)
+    temporal_conv: bool = False             # factorised only: depthwise temporal conv (kernel 3) beside temporal attn
 
     @property
     def head_dim(self) -> int:
@@ -46,6 +57,10 @@ class DiTConfig:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if self.head_dim % 2 or min(axis_dims(self.head_dim)) <= 0:
             raise ValueError(f"head_dim {self.head_dim} too small or odd for 3D RoPE")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.temporal_conv and self.attention != "factorised":
+            raise ValueError("temporal_conv is part of the factorised attention mode")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,37 +107,102 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
+    def project(self, x: torch.Tensor, context: torch.Tensor, rope=None):
+        """q (B, nh, L, hd) from x; k, v (B, nh, Lc, hd) from the context; RoPE on q and k when given."""
         heads = lambda y: rearrange(y, "b l (n d) -> b n l d", n=self.num_heads)  # noqa: E731
         q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(context))), heads(self.v(context))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def attend(self, q, k, v, mask=None) -> torch.Tensor:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, L, hd)
         return self.o(rearrange(y, "b n l d -> b l (n d)"))
 
+    def forward(self, x: torch.Tensor, context: torch.Tensor, rope=None, mask=None) -> torch.Tensor:
+        return self.attend(*self.project(x, context, rope), mask)
+
+
+@dataclass
+class TokenGrid:
+    """Where the tokens of one forward pass sit: the post-patch grid (F, H, W), frame-major, and its RoPE tables."""
+    grid: tuple[int, int, int]
+    rope: tuple[torch.Tensor, torch.Tensor]   # cos, sin (L, head_dim / 2)
+    kv: KVSlot | None = None                  # causal streaming: the past chunks' keys and values
+
+    @property
+    def per_frame(self) -> int:
+        return self.grid[1] * self.grid[2]
+
+    def frame_rope(self):
+        """Tables of one frame's positions (spatial attention: the time angle is the same for all its tokens)."""
+        return tuple(r[: self.per_frame] for r in self.rope)
+
+    def time_rope(self):
+        """Tables of the positions (f, 0, 0) (temporal attention: the space angles cancel along a time line)."""
+        return tuple(r[:: self.per_frame] for r in self.rope)
+
+    def causal_mask(self, past_frames: int, device) -> torch.Tensor:
+        """(L, L_past + L) bool: a token of frame i may see the past frames and the frames <= i of this pass."""
+        q = torch.arange(self.grid[0], device=device).repeat_interleave(self.per_frame)
+        k = torch.arange(-past_frames, self.grid[0], device=device).repeat_interleave(self.per_frame)
+        return k[None, :] <= q[:, None]
+
 
 class Block(nn.Module):
-    """Wan block: modulated self-attn, unmodulated cross-attn, modulated FFN; gated residuals."""
+    """Wan block: modulated self-attn, unmodulated cross-attn, modulated FFN; gated residuals.
 
-    def __init__(self, cfg: DiTConfig):
+    In the factorised mode the self-attention sees one frame, and a second, temporal attention (sharing the
+    self-attention's modulation) follows it."""
+
+    def __init__(self, cfg: DiTConfig, index: int):
         super().__init__()
-        d = cfg.dim
+        d, self.index, self.mode = cfg.dim, index, cfg.attention
         self.norm1 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.self_attn = Attention(d, cfg.num_heads, cfg.eps)
+        if cfg.attention == "factorised":
+            self.temporal_attn = Attention(d, cfg.num_heads, cfg.eps)
+            self.temporal_conv = nn.Conv1d(d, d, 3, padding=1, groups=d) if cfg.temporal_conv else None
         self.norm3 = LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = Attention(d, cfg.num_heads, cfg.eps)
         self.norm2 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x, e0, context, rope, mask=None):
+    def forward(self, x, e0, context, tokens: TokenGrid):
         # e0: (B, Lt, 6, D) with Lt = 1 (one timestep per sample) or L (per-token timesteps)
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e0.float()).unbind(2)
-        h = (self.norm1(x).float() * (1 + scale) + shift).type_as(x)
-        x = (x.float() + self.self_attn(h, h, rope, mask).float() * gate).type_as(x)
+        modulated = lambda y: (self.norm1(y).float() * (1 + scale) + shift).type_as(y)  # noqa: E731
+        x = (x.float() + self.self_attention(modulated(x), tokens).float() * gate).type_as(x)
+        if self.mode == "factorised":
+            x = (x.float() + self.temporal_attention(modulated(x), tokens).float() * gate).type_as(x)
         x = x + self.cross_attn(self.norm3(x), context)
         h = (self.norm2(x).float() * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+
+    def self_attention(self, h: torch.Tensor, tokens: TokenGrid) -> torch.Tensor:
+        if self.mode == "full":
+            return self.self_attn(h, h, tokens.rope)
+        if self.mode == "factorised":  # within each frame
+            frames = rearrange(h, "b (f s) d -> (b f) s d", f=tokens.grid[0])
+            out = self.self_attn(frames, frames, tokens.frame_rope())
+            return rearrange(out, "(b f) s d -> b (f s) d", f=tokens.grid[0])
+        q, k, v = self.self_attn.project(h, h, tokens.rope)  # causal
+        past = tokens.kv.past(self.index) if tokens.kv is not None else None
+        if tokens.kv is not None:
+            tokens.kv.add(self.index, k, v)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, nh, L_past + L, hd)
+        past_frames = (k.shape[2] - q.shape[2]) // tokens.per_frame
+        return self.self_attn.attend(q, k, v, tokens.causal_mask(past_frames, h.device))
+
+    def temporal_attention(self, h: torch.Tensor, tokens: TokenGrid) -> torch.Tensor:
+        """Attention along time at each spatial position (+ the temporal conv), back in frame-major order."""
+        lines = rearrange(h, "b (f s) d -> (b s) f d", f=tokens.grid[0])                 # (B*S, F, D)
+        out = self.temporal_attn(lines, lines, tokens.time_rope())
+        if self.temporal_conv is not None:
+            out = out + self.temporal_conv(lines.transpose(1, 2)).transpose(1, 2)
+        return rearrange(out, "(b s) f d -> b (f s) d", s=tokens.per_frame)
 
 
 class Head(nn.Module):
@@ -149,7 +229,7 @@ class DiT(nn.Module):
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.init_weights()
 
@@ -165,10 +245,17 @@ class DiT(nn.Module):
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
+        for block in self.blocks:
+            if getattr(block, "temporal_conv", None) is not None:
+                nn.init.zeros_(block.temporal_conv.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, mask=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: KVSlot | None = None
+                ) -> torch.Tensor:
         """x (B, C, F, H, W) noisy latents; t (B,) or per-token (B, L) timesteps in [0, 1000]
-        (= sigma * 1000); context (B, Lt, text_dim) -> velocity (B, C_out, F, H, W)."""
+        (= sigma * 1000); context (B, Lt, text_dim) -> velocity (B, C_out, F, H, W).
+        `kv` (causal mode): x is the next chunk of a video whose earlier chunks are in the KV cache."""
+        if kv is not None and self.config.attention != "causal":
+            raise ValueError("a KV cache needs a causal DiT (attention='causal')")
         pt, ph, pw = self.config.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         tokens = rearrange(self.patch_embedding(x), "b d f h w -> b (f h w) d")    # (B, L, D)
@@ -176,9 +263,10 @@ class DiT(nn.Module):
         temb = self.time_embedding(timestep_embedding(t, self.config.freq_dim).to(tokens.dtype))  # (B, Lt, D)
         e0 = self.time_projection(temb).unflatten(-1, (6, -1))                    # (B, Lt, 6, D)
         context = self.text_embedding(context.to(tokens.dtype))                   # (B, Lt_text, D)
-        rope = rope_table(grid, self.config.head_dim, x.device)
+        offset = kv.frame_offset if kv is not None else 0
+        layout = TokenGrid(grid, rope_table(grid, self.config.head_dim, x.device, offset), kv)
         for block in self.blocks:
-            tokens = block(tokens, e0, context, rope, mask)
+            tokens = block(tokens, e0, context, layout)
         out = self.head(tokens, temb)                                             # (B, L, pt*ph*pw*C)
         return rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)",
                          f=grid[0], h=grid[1], w=grid[2], p=pt, q=ph, r=pw)

@@ -23,21 +23,23 @@ def _axis_angles(n: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
     return torch.outer(torch.arange(n, dtype=torch.float64), inv_freq)
 
 
-@lru_cache(maxsize=32)
-def _rope_table(grid: tuple[int, int, int], head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+@lru_cache(maxsize=64)
+def _rope_table(grid: tuple[int, int, int], head_dim: int, frame_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
     f, h, w = grid
     dt, dh, dw = axis_dims(head_dim)
     angles = torch.cat([
-        _axis_angles(f, dt)[:, None, None, :].expand(f, h, w, dt // 2),
+        _axis_angles(frame_offset + f, dt)[frame_offset:, None, None, :].expand(f, h, w, dt // 2),
         _axis_angles(h, dh)[None, :, None, :].expand(f, h, w, dh // 2),
         _axis_angles(w, dw)[None, None, :, :].expand(f, h, w, dw // 2),
     ], dim=-1).reshape(f * h * w, head_dim // 2)  # (L, d/2), tokens in (f, h, w) row-major order
     return angles.cos().float(), angles.sin().float()
 
 
-def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (L, head_dim / 2) for a post-patch grid (F, H, W); cached per grid."""
-    cos, sin = _rope_table(tuple(int(g) for g in grid), head_dim)
+def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device,
+               frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables (L, head_dim / 2) for a post-patch grid (F, H, W) whose frames start at `frame_offset`
+    (a chunk of a streamed video); cached per grid and offset."""
+    cos, sin = _rope_table(tuple(int(g) for g in grid), head_dim, int(frame_offset))
     return cos.to(device), sin.to(device)
 
 

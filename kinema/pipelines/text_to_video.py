@@ -122,9 +122,14 @@ class TextToVideoPipeline:
             given[:, index] = True
         return clean, given
 
-    def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None) -> torch.Tensor:
-        """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed."""
-        model = guided_velocity(self._dit_in(noise.dtype), text, negative, s.guidance)
+    def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None,
+                kv_cache=None) -> torch.Tensor:
+        """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed.
+        `kv_cache` (a causal DiT's `KVCache`): noise is the next chunk of a streamed video."""
+        dit = base = self._dit_in(noise.dtype)
+        if kv_cache is not None:
+            dit = lambda x, t, c: base(x, t, c, kv=kv_cache.next_slot())  # noqa: E731
+        model = guided_velocity(dit, text, negative, s.guidance)
         if keyframes is not None and keyframes[1].any():
             clean, given = keyframes
             _, ph, pw = self.dit.config.patch_size
@@ -140,7 +145,7 @@ class TextToVideoPipeline:
         own = next(self.dit.parameters()).dtype
         if own == dtype:
             return self.dit
-        return lambda x, t, context: self.dit(x.to(own), t, context).to(x.dtype)
+        return lambda x, t, context, **kw: self.dit(x.to(own), t, context, **kw).to(x.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

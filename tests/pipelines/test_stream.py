@@ -1,0 +1,63 @@
+"""Streaming generation with a causal model equals its ordinary (joint) sampling, and decodes as it goes."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from kinema.dit.model import DiT
+from kinema.pipelines.loading import load_pipeline
+from kinema.pipelines.stream import chunk_slices, stream_latents, stream_video
+
+PROMPT = "a red circle bouncing left and right on a black background"
+
+
+@pytest.fixture
+def causal_pipe(tiny_model_dir):
+    pipe = load_pipeline(tiny_model_dir)
+    dit = DiT(replace(pipe.dit.config, attention="causal")).eval()
+    dit.load_state_dict(pipe.dit.state_dict())  # same weights, block-causal mask
+    pipe.dit = dit
+    return pipe
+
+
+def joint_latents(pipe, frames, image=None, **kw):
+    s = pipe.settings(frames=frames, **kw)
+    text, neg = pipe.encode_prompts([PROMPT], s.negative_prompt)
+    keyframes = pipe.encode_keyframes(s, 1, image)
+    return pipe.denoise(pipe.initial_noise(s, [s.seed]), text, neg, s, keyframes=keyframes)
+
+
+@pytest.mark.parametrize("chunk, sampler", [(1, "euler"), (2, "heun")])
+def test_streamed_equals_joint_sampling(causal_pipe, chunk, sampler):
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:16, 8:16] = (220, 40, 40)
+    for img in (None, image):
+        joint = joint_latents(causal_pipe, 17, img, sampler=sampler, guidance=3.0)
+        streamed = torch.cat(list(stream_latents(causal_pipe, [PROMPT], image=img, chunk=chunk, frames=17,
+                                                 sampler=sampler, guidance=3.0)), dim=2)
+        assert streamed.shape == joint.shape
+        torch.testing.assert_close(streamed, joint, atol=1e-4, rtol=0)
+
+
+def test_streamed_frames_equal_the_generated_video(causal_pipe):
+    video = causal_pipe(PROMPT, frames=13, seed=2)
+    pieces = list(stream_video(causal_pipe, [PROMPT], seeds=[2], frames=13))
+    assert [p.shape[2] for p in pieces] == [1, 4, 4, 4]
+    frames = torch.cat(pieces, dim=2)[0]                                        # (3, T, H, W)
+    ours = ((frames.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert np.abs(ours.astype(int) - video.frames.astype(int)).max() <= 1
+
+
+def test_a_window_makes_any_length(causal_pipe):
+    pieces = list(stream_latents(causal_pipe, [PROMPT], frames=41, window=2, steps=2))
+    assert sum(p.shape[2] for p in pieces) == 11
+
+
+def test_streaming_refuses_what_it_cannot_do(tiny_model_dir, causal_pipe):
+    with pytest.raises(ValueError, match="causal model"):
+        next(stream_latents(load_pipeline(tiny_model_dir), [PROMPT]))
+    with pytest.raises(ValueError, match="window"):
+        next(stream_latents(causal_pipe, [PROMPT], chunk=3, window=2))
+    assert chunk_slices(9, 3) == [slice(0, 1), slice(1, 4), slice(4, 7), slice(7, 9)]
