@@ -1,8 +1,9 @@
 """diffusers' Wan checkpoints -> kinema.
 
 DiT: diffusers' key names -> kinema's (the original Wan release names, which kinema's DiT uses as they are).
-VAE: diffusers' `AutoencoderKLWan` (Wan 2.1 layout) -> kinema's `VideoVAE`, whose parameter names were chosen to be
-diffusers' own, so the key map is the identity; the converter checks that the checkpoint is one kinema can run.
+VAE: diffusers' `AutoencoderKLWan` -> kinema's `VideoVAE`. For the Wan 2.1 layout kinema's parameter names are
+diffusers' own, so the key map is the identity and the converter checks that the checkpoint is one kinema can run;
+the Wan 2.2 layout (is_residual) nests its stages differently (`kinema.convert.wan22`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from kinema.convert.wan22 import convert_diffusers_vae22, is_wan22_diffusers_vae, wan22_vae_config
 from kinema.vae.model import VAEConfig, VideoVAE
 
 # (pattern, replacement) applied in order to each diffusers transformer key
@@ -56,28 +58,25 @@ WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.151
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
                      3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
 
-# Keys that only the Wan 2.2 VAE (is_residual=True: WanResidualDownBlock / WanResidualUpBlock) has.
-_WAN22_VAE_KEY = re.compile(
-    r"^(encoder\.down_blocks\.\d+\.(resnets|downsampler)\.|decoder\.up_blocks\.\d+\.upsampler\.)")
 # Attention inside the encoder's down blocks (diffusers' attn_scales); kinema has attention in the mid blocks only.
 _DOWN_ATTN_KEY = re.compile(r"^encoder\.down_blocks\.\d+\.(to_qkv|proj|norm)\.")
 
 
 def convert_diffusers_vae(state: dict) -> dict:
-    """A diffusers `AutoencoderKLWan` state dict (Wan 2.1 layout) with kinema `VideoVAE` key names.
+    """A diffusers `AutoencoderKLWan` state dict with kinema `VideoVAE` key names (Wan 2.2 layout: see
+    `kinema.convert.wan22`).
 
     kinema's VAE uses diffusers' names as they are (`encoder.conv_in`, `encoder.down_blocks.i.{norm1.gamma, conv1,
     norm2.gamma, conv2, conv_shortcut, resample.1, time_conv}`, `{encoder,decoder}.mid_block.{resnets.0,
     attentions.0.{norm.gamma, to_qkv, proj}, resnets.1}`, `decoder.up_blocks.i.{resnets.j, upsamplers.0}`,
     `{encoder,decoder}.norm_out.gamma`, `conv_out`, `quant_conv`, `post_quant_conv`), with the same tensor shapes
     (RMS-norm gammas (C,1,1,1), and (C,1,1) in the attention). So the map is the identity; what this adds is a clear
-    error for checkpoints kinema cannot represent (the Wan 2.2 residual VAE, encoder attention from attn_scales).
+    error for checkpoints kinema cannot represent (encoder attention from attn_scales).
     """
+    if is_wan22_diffusers_vae(state):
+        return convert_diffusers_vae22(state)
     out = {}
     for key, value in state.items():
-        if _WAN22_VAE_KEY.match(key):
-            raise ValueError(f"{key!r} belongs to the Wan 2.2 VAE (is_residual=True), which kinema does not "
-                             "support yet; only the Wan 2.1 layout converts")
         if _DOWN_ATTN_KEY.match(key):
             raise ValueError(f"{key!r} is an encoder attention block (non-empty attn_scales), which kinema does not "
                              "support; kinema's VAE has attention in the mid blocks only")
@@ -86,28 +85,24 @@ def convert_diffusers_vae(state: dict) -> dict:
 
 
 def vae_config_from_diffusers(config: dict) -> VAEConfig:
-    """kinema's `VAEConfig` for a diffusers `AutoencoderKLWan` config.json (Wan 2.1 layout).
+    """kinema's `VAEConfig` for a diffusers `AutoencoderKLWan` config.json (Wan 2.1 or, with is_residual, 2.2).
 
-    Full 3D convs, no patchify, mid-block attention, every stage halving H and W (as diffusers always does), and
-    diffusers' (misspelt) `temperal_downsample` as kinema's `temporal_downsample`. Raises ValueError for what kinema
-    does not support yet (the Wan 2.2 VAE: is_residual / patch_size / a separate decoder_base_dim / 12 channels;
-    non-empty attn_scales) and for configs diffusers itself would build inconsistently. diffusers' defaults (Wan
-    2.1's, latent statistics included) fill missing fields. `dropout` and `scale_factor_*` are ignored (inference
-    only; kinema derives the compression from the stages).
+    Full 3D convs, mid-block attention, every stage halving H and W (as diffusers always does), and diffusers'
+    (misspelt) `temperal_downsample` as kinema's `temporal_downsample`; `patch_size` p takes 3 p^2 channels in and out.
+    Raises ValueError for what kinema does not support (non-empty attn_scales, residual stages without patchify
+    or with a decoder that halves channels) and for configs diffusers itself would build inconsistently. diffusers'
+    defaults (Wan 2.1's, latent statistics included) fill missing fields. `dropout` and `scale_factor_*` are ignored
+    (inference only; kinema derives the compression from the stages).
     """
     defaults = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
                 "temperal_downsample": [False, True, True], "is_residual": False, "in_channels": 3,
                 "out_channels": 3, "patch_size": None, "decoder_base_dim": None,
                 "latents_mean": WAN21_LATENTS_MEAN, "latents_std": WAN21_LATENTS_STD}
     c = {**defaults, **config}
-    if c["is_residual"]:
-        raise ValueError("is_residual=True (the Wan 2.2 VAE) is not supported by kinema's VAE yet")
-    if c["patch_size"] not in (None, 1):
-        raise ValueError(f"patch_size={c['patch_size']} (the Wan 2.2 VAE's patchify) is not supported yet")
-    if c["decoder_base_dim"] not in (None, c["base_dim"]):
-        raise ValueError(f"decoder_base_dim={c['decoder_base_dim']} != base_dim={c['base_dim']} is not supported")
-    if c["in_channels"] != 3 or c["out_channels"] != 3:
-        raise ValueError(f"in/out_channels {c['in_channels']}/{c['out_channels']} are not supported (RGB only)")
+    patch = int(c["patch_size"] or 1)
+    if c["in_channels"] != 3 * patch**2 or c["out_channels"] != 3 * patch**2:
+        raise ValueError(f"in/out_channels {c['in_channels']}/{c['out_channels']} are not supported (RGB "
+                         f"patchified {patch}x{patch}: {3 * patch**2})")
     if c["attn_scales"]:
         raise ValueError(f"attn_scales={c['attn_scales']} (encoder attention) is not supported; kinema's VAE has "
                          "attention in the mid blocks only")
@@ -123,9 +118,17 @@ def vae_config_from_diffusers(config: dict) -> VAEConfig:
         if len(values) != z_dim:
             raise ValueError(f"{name} has {len(values)} values but z_dim is {z_dim}")
         stats[name] = values
+    decoder_base = int(c["decoder_base_dim"] or c["base_dim"])
+    if c["is_residual"]:
+        if patch != 2:
+            raise ValueError(f"is_residual=True needs patch_size 2 (the Wan 2.2 VAE), got {c['patch_size']}")
+        return wan22_vae_config(z_dim=z_dim, base_dim=int(c["base_dim"]), decoder_base_dim=decoder_base,
+                                dim_mult=dim_mult, num_res_blocks=int(c["num_res_blocks"]),
+                                temporal_downsample=temporal, **stats)
     return VAEConfig(z_dim=z_dim, base_dim=int(c["base_dim"]), dim_mult=dim_mult,
                      num_res_blocks=int(c["num_res_blocks"]), temporal_downsample=temporal,
-                     spatial_downsample=(True,) * len(temporal), attn_mid=True, patch_size=1, conv="3d", **stats)
+                     spatial_downsample=(True,) * len(temporal), attn_mid=True, patch_size=patch, conv="3d",
+                     decoder_base_dim=0 if decoder_base == int(c["base_dim"]) else decoder_base, **stats)
 
 
 def load_diffusers_vae(directory: str | Path) -> VideoVAE:

@@ -1,8 +1,10 @@
 """Causal video VAE (the Wan-VAE design): 8x spatial and 4x temporal compression, first frame encoded alone.
 
 One class, configured by `VAEConfig`. The Wan 2.1 VAE is the config with full 3D convolutions and no input
-patchify; the embedded `shapes` VAE patchifies 2x2 pixels first (as the Wan 2.2 VAE does) and uses factorised
-(2+1)D convolutions, so that it trains on a CPU.
+patchify. The Wan 2.2 VAE (`kinema.convert.wan22.wan22_vae_config`) patchifies 2x2 pixels first (16x spatial),
+adds parameter-free shortcuts around each stage (`residual`, with frame 0 zero-padded, none around the decoder's
+last stage), and has a wider decoder whose upsamples keep the channels. The embedded `shapes` VAE patchifies too
+and uses factorised (2+1)D convolutions, so that it trains on a CPU.
 
 Frames: a video of 1 + 4k frames maps to 1 + k latent frames. Latent frame 0 sees only frame 0 (so an image is a
 1-frame video); latent frame i sees frames up to 4i. Encoding runs chunk by chunk (frame 0, then 4 frames at a
@@ -37,6 +39,13 @@ class VAEConfig:
     patch_size: int = 1                                # space-to-depth before the encoder (Wan 2.2: 2)
     conv: str = "3d"                                   # "3d" (Wan) or "2+1d" (factorised, CPU-cheap)
     residual: bool = False                             # parameter-free shortcuts around each stage (Wan 2.2 idea)
+    residual_pad: str = "repeat"                       # encoder shortcuts pair frame 0 (it comes alone) with a copy
+                                                       # of itself ("repeat") or a zero frame before it ("zero": Wan 2.2)
+    residual_last: bool = True                         # a shortcut around the decoder's last (non-upsampling) stage
+                                                       # too (Wan 2.2: none)
+    decoder_base_dim: int = 0                          # decoder width of the first stage (0: base_dim; Wan 2.2: 256)
+    decoder_halves: bool = True                        # decoder upsample convs halve the channels (Wan 2.1); Wan 2.2
+                                                       # keeps them, so each stage takes its full width
     latents_mean: tuple[float, ...] = (0.0,) * 16      # per-channel statistics for latent normalisation
     latents_std: tuple[float, ...] = (1.0,) * 16
 
@@ -46,6 +55,8 @@ class VAEConfig:
             raise ValueError("temporal_downsample/spatial_downsample need one entry per downsample (len(dim_mult) - 1)")
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError("latents_mean/latents_std need one value per latent channel")
+        if self.residual_pad not in ("repeat", "zero"):
+            raise ValueError(f"residual_pad must be 'repeat' or 'zero', got {self.residual_pad!r}")
 
     @property
     def spatial_compression(self) -> int:
@@ -133,12 +144,13 @@ class _NearestUpsample2x(nn.Upsample):
 
 
 class Upsample(nn.Module):
-    """With `temporal`, a causal time conv doubles the frames (not for latent frame 0); then 2x nearest + conv."""
+    """With `temporal`, a causal time conv doubles the frames (not for latent frame 0); then 2x nearest + conv
+    (to `out_dim` channels, default dim / 2)."""
 
-    def __init__(self, dim: int, temporal: bool, spatial: bool = True):
+    def __init__(self, dim: int, temporal: bool, spatial: bool = True, out_dim: int | None = None):
         super().__init__()
         self.resample = nn.Sequential(_NearestUpsample2x() if spatial else nn.Identity(),
-                                      nn.Conv2d(dim, dim // 2, 3, padding=1))
+                                      nn.Conv2d(dim, out_dim or dim // 2, 3, padding=1))
         self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if temporal else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
@@ -159,18 +171,19 @@ class Upsample(nn.Module):
 class AvgDown(nn.Module):
     """Parameter-free stage shortcut of the encoder: space/time-to-channel, then average channel groups.
 
-    Frames are paired as the Downsample time conv pairs them: frame 0 alone (repeated), then (1, 2), (3, 4), ...
+    Frames are paired as the Downsample time conv pairs them: frame 0 alone, then (1, 2), (3, 4), ... Frame 0 is
+    paired with itself (`pad="repeat"`) or with a zero frame before it (`pad="zero"`, Wan 2.2's AvgDown3D).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, t: int, s: int):
+    def __init__(self, in_dim: int, out_dim: int, t: int, s: int, pad: str = "repeat"):
         super().__init__()
         assert (in_dim * t * s * s) % out_dim == 0
-        self.out_dim, self.t, self.s = out_dim, t, s
+        self.out_dim, self.t, self.s, self.pad = out_dim, t, s, pad
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         if self.t == 2 and not cache.seen(self):  # the first chunk is frame 0 alone
             cache.put(self, None)
-            x = x.repeat_interleave(2, dim=2)
+            x = x.repeat_interleave(2, dim=2) if self.pad == "repeat" else torch.cat([torch.zeros_like(x), x], 2)
         x = rearrange(x, "b c (t pt) (h ps) (w qs) -> b (c pt ps qs) t h w", pt=self.t, ps=self.s, qs=self.s)
         return x.unflatten(1, (self.out_dim, -1)).mean(2)
 
@@ -226,7 +239,7 @@ class Encoder(nn.Module):
                 t, s = 1 + cfg.temporal_downsample[i], 1 + cfg.spatial_downsample[i]
             self.stages.append((start, len(blocks)))
             if cfg.residual:
-                shortcuts.append(AvgDown(stage_in, d_out, t, s))
+                shortcuts.append(AvgDown(stage_in, d_out, t, s, cfg.residual_pad))
         self.down_blocks = nn.ModuleList(blocks)
         self.shortcuts = nn.ModuleList(shortcuts)  # no parameters
         self.mid_block = MidBlock(dims[-1], cfg.conv, cfg.attn_mid)
@@ -245,15 +258,18 @@ class Encoder(nn.Module):
 
 
 class UpBlock(nn.Module):
+    """Residual blocks, then an optional upsample to `up_dim` channels; `residual`: plus a DupUp shortcut."""
+
     def __init__(self, d_in: int, d_out: int, blocks: int, upsample: tuple[bool, bool] | None, conv: str,
-                 residual: bool = False):
+                 residual: bool = False, up_dim: int | None = None):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResidualBlock(d_in if i == 0 else d_out, d_out, conv) for i in range(blocks)])
+        up_dim = up_dim or d_out // 2
         self.upsamplers = nn.ModuleList(
-            [Upsample(d_out, *upsample)] if upsample else [])  # upsample = (temporal, spatial)
+            [Upsample(d_out, *upsample, out_dim=up_dim)] if upsample else [])  # upsample = (temporal, spatial)
         t, s = (1 + upsample[0], 1 + upsample[1]) if upsample else (1, 1)
-        self.shortcut = DupUp(d_in, d_out // 2 if upsample else d_out, t, s) if residual else None
+        self.shortcut = DupUp(d_in, up_dim if upsample else d_out, t, s) if residual else None
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         skip = self.shortcut(x, cache) if self.shortcut is not None else None
@@ -266,15 +282,19 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         mult = cfg.dim_mult
-        dims = [cfg.base_dim * m for m in (mult[-1], *mult[::-1])]
+        dims = [(cfg.decoder_base_dim or cfg.base_dim) * m for m in (mult[-1], *mult[::-1])]
         temporal_up, spatial_up = cfg.temporal_downsample[::-1], cfg.spatial_downsample[::-1]
         self.conv_in = conv3x3(cfg.z_dim, dims[0], cfg.conv)
         self.mid_block = MidBlock(dims[0], cfg.conv, cfg.attn_mid)
         blocks = []
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            d_in = d_in // 2 if i > 0 else d_in  # the previous upsample halved the channels
-            up = None if i == len(mult) - 1 else (temporal_up[i], spatial_up[i])
-            blocks.append(UpBlock(d_in, d_out, cfg.num_res_blocks + 1, up, cfg.conv, cfg.residual))
+            if cfg.decoder_halves and i > 0:
+                d_in //= 2  # the previous upsample halved the channels
+            last = i == len(mult) - 1
+            up = None if last else (temporal_up[i], spatial_up[i])
+            blocks.append(UpBlock(d_in, d_out, cfg.num_res_blocks + 1, up, cfg.conv,
+                                  cfg.residual and (cfg.residual_last or not last),
+                                  d_out // 2 if cfg.decoder_halves else d_out))
         self.up_blocks = nn.ModuleList(blocks)
         self.norm_out = RMSNorm(dims[-1])
         self.conv_out = conv3x3(dims[-1], 3 * cfg.patch_size**2, cfg.conv)
@@ -358,3 +378,12 @@ class VideoVAE(nn.Module):
     def decode(self, z: torch.Tensor, chunked: bool = True) -> torch.Tensor:
         """Normalised latents -> video (B, 3, T, H, W) in [-1, 1]."""
         return self.decode_raw(self.denormalise(z), chunked).clamp(-1.0, 1.0)
+
+    def decode_next(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Streaming decode: normalised latents of the next latent frames of a video whose earlier latent frames
+        went through `cache` (a fresh one for the first) -> their video frames (B, 3, n, H, W) in [-1, 1].
+        The pieces, concatenated, equal `decode` of the whole."""
+        z = self.post_quant_conv(self.denormalise(z))
+        frames = torch.cat([self.decoder(z[:, :, i:i + 1], cache) for i in range(z.shape[2])], dim=2)
+        p = self.config.patch_size
+        return rearrange(frames, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p).clamp(-1.0, 1.0)
