@@ -1,16 +1,21 @@
 """The key/value cache of a causal DiT: streaming generation, one chunk of latent frames at a time.
 
 With block-causal attention, latent frame i only sees frames <= i, so a chunk can be sampled after the chunks before
-it, from their keys and values alone. During joint sampling, though, frame i sees the past at the *same* noise
-level as itself, step by step. To reproduce joint sampling exactly, the cache keeps one slot per DiT call of a
-chunk's sampling loop (step 0, step 1, ... — a guided call carries both guidance branches as one batch): the k-th
-call of a chunk attends to the keys and values the past chunks produced in their own k-th calls. Samplers are
-deterministic in their calls, so the k-th calls of all chunks line up.
+it, from their keys and values alone. Two ways to fill the cache (`past`):
+
+    "clean"  (default; CausVid, self forcing) the chunks sampled so far are clean: once a chunk is sampled, one more
+             DiT call at time 0 (`record_slot`) stores its keys and values, and every call of the next chunk attends
+             to them. The model is trained for this by holding a prefix of latent frames clean (given frames).
+    "joint"  the past at the same noise level as the chunk, step by step, exactly as joint sampling of the whole
+             video sees it: one slot per DiT call of a chunk's sampling loop (a guided call carries both guidance
+             branches as one batch), and the k-th call of a chunk attends to the k-th calls of the past chunks.
+             Samplers are deterministic in their calls, so they line up, and streaming equals joint sampling.
 
     cache = KVCache(num_layers, tokens_per_frame, window=4)
     for each chunk:
         cache.start_chunk()
         ... dit(x_chunk, t, text, kv=cache.next_slot()) for every sampler call ...
+        dit(clean_chunk, 0, text, kv=cache.record_slot())   # "clean" only
         cache.end_chunk(frames_in_chunk)
 
 `window` bounds the past latent frames attended to, so the cost per chunk stays constant however long the video.
@@ -24,8 +29,8 @@ import torch
 class KVSlot:
     """The past keys/values that one DiT call attends to, per block: (B, heads, L_past, head_dim) each."""
 
-    def __init__(self, cache: "KVCache", index: int):
-        self.cache, self.index = cache, index
+    def __init__(self, cache: "KVCache", index: int, record: bool):
+        self.cache, self.index, self.record = cache, index, record
 
     @property
     def frame_offset(self) -> int:
@@ -42,16 +47,19 @@ class KVSlot:
 
     def add(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Queue this call's keys/values for the chunks to come (they join the cache at `end_chunk`)."""
-        self.cache.pending.setdefault(self.index, {})[layer] = (k, v)
+        if self.record:
+            self.cache.pending.setdefault(self.index, {})[layer] = (k, v)
 
 
 class KVCache:
     """Keys/values of the past latent frames of a causal DiT, one slot per sampler call, trimmed to a window."""
 
-    def __init__(self, num_layers: int, tokens_per_frame: int, window: int | None = None):
+    def __init__(self, num_layers: int, tokens_per_frame: int, window: int | None = None, past: str = "clean"):
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 latent frame, got {window}")
-        self.num_layers, self.tokens_per_frame, self.window = num_layers, tokens_per_frame, window
+        if past not in ("clean", "joint"):
+            raise ValueError(f"past must be 'clean' or 'joint', got {past!r}")
+        self.num_layers, self.tokens_per_frame, self.window, self.past = num_layers, tokens_per_frame, window, past
         self.slots: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # slot -> layer -> (k, v)
         self.pending: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
         self.frames_done = 0  # latent frames generated so far
@@ -61,9 +69,18 @@ class KVCache:
         self.calls, self.pending = 0, {}
 
     def next_slot(self) -> KVSlot:
-        slot = KVSlot(self, self.calls)
+        """The slot of the chunk's next sampler call."""
+        if self.past == "clean":
+            return KVSlot(self, 0, record=False)
+        slot = KVSlot(self, self.calls, record=True)
         self.calls += 1
         return slot
+
+    def record_slot(self) -> KVSlot:
+        """"clean": the slot of the call on the finished chunk (time 0) whose keys/values join the cache."""
+        if self.past != "clean":
+            raise ValueError("record_slot is for a cache of clean past frames")
+        return KVSlot(self, 0, record=True)
 
     def past_frames(self, index: int) -> int:
         if index >= len(self.slots):

@@ -4,10 +4,9 @@
         ...  # (B, 3, n, H, W) in [-1, 1]: the first frame comes after one chunk's sampling, not the whole video's
 
 Each chunk runs the ordinary sampler (guidance, given frames and all) on its own latent frames, attending to the
-past chunks through a `KVCache`, and the causal VAE decodes it with a `CausalCache` that carries over between chunks.
-Without a window (or while the video is shorter than it) the frames equal `pipe.generate` of the same seed and
-settings: streaming is the same sampling, reordered. A window of W latent frames bounds the past each chunk sees,
-so cost and memory per chunk stay constant however long the video.
+past chunks through a `KVCache` (see `kinema/dit/cache.py` for the two kinds of past, "clean" and "joint"), and the
+causal VAE decodes it with a `CausalCache` that carries over between chunks. A window of W latent frames bounds the
+past each chunk sees, so cost and memory per chunk stay constant however long the video.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from kinema.dit.cache import KVCache
+from kinema.flow.guidance import guided_velocity
 from kinema.vae.causal import CausalCache
 
 log = logging.getLogger(__name__)
@@ -40,31 +40,63 @@ def check_streamable(pipe, chunk: int, window: int | None) -> None:
 
 @torch.no_grad()
 def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, image=None, chunk: int = 1,
-                   window: int | None = None, **overrides) -> Iterator[torch.Tensor]:
-    """Yields the sampled latents (B, C, n, H', W') chunk by chunk; see the module docstring."""
+                   window: int | None = None, past: str = "clean", use_cache: bool = True,
+                   **overrides) -> Iterator[torch.Tensor]:
+    """Yields the sampled latents (B, C, n, H', W') chunk by chunk.
+
+    past="clean": each chunk is sampled with the chunks before it (the last `window` latent frames) held clean,
+    through the KV cache; `use_cache=False` recomputes that past in every call instead (same result, slower: the
+    reference the cache is tested against). past="joint": the past at the chunk's own noise level (cache only),
+    which equals ordinary joint sampling of the whole video."""
     check_streamable(pipe, chunk, window)
+    if past == "joint" and not use_cache:
+        raise ValueError("a joint past without a cache is ordinary sampling: use pipe.generate")
     s = pipe.settings(**overrides)
     seeds = list(seeds) if seeds is not None else [s.seed + i for i in range(len(prompts))]
     text, neg = pipe.encode_prompts(prompts, s.negative_prompt)
     noise = pipe.initial_noise(s, seeds)                                        # (B, C, T', H', W')
     clean, given = pipe.encode_keyframes(s, len(prompts), image)
     _, ph, pw = pipe.dit.config.patch_size
-    cache = KVCache(pipe.dit.config.num_layers, (noise.shape[3] // ph) * (noise.shape[4] // pw), window)
+    cache = KVCache(pipe.dit.config.num_layers, (noise.shape[3] // ph) * (noise.shape[4] // pw), window, past)
+    done = noise[:, :, :0]
     for part in chunk_slices(noise.shape[2], chunk):
-        cache.start_chunk()
-        latents = pipe.denoise(noise[:, :, part], text, neg, s, keyframes=(clean[:, :, part], given[:, part]),
-                               kv_cache=cache)
-        cache.end_chunk(latents.shape[2])
+        if not use_cache:
+            lo = 0 if window is None else max(0, part.start - window)
+            latents = _sample_after(pipe, done[:, :, lo:], noise[:, :, part], clean[:, :, part], given[:, part],
+                                    text, neg, s)
+        else:
+            cache.start_chunk()
+            latents = pipe.denoise(noise[:, :, part], text, neg, s, keyframes=(clean[:, :, part], given[:, part]),
+                                   kv_cache=cache)
+            if past == "clean":
+                _record(pipe, latents, text, neg, s, cache)
+            cache.end_chunk(latents.shape[2])
+        done = torch.cat([done, latents], dim=2)
         yield latents
+
+
+def _sample_after(pipe, past, noise, clean, given, text, neg, s) -> torch.Tensor:
+    """Sample a chunk with the past latent frames prepended as given (clean, time 0) frames; no cache."""
+    held = torch.ones(past.shape[0], past.shape[2], dtype=torch.bool, device=past.device)
+    keyframes = (torch.cat([past, clean], dim=2), torch.cat([held, given], dim=1))
+    return pipe.denoise(torch.cat([past, noise], dim=2), text, neg, s, keyframes=keyframes)[:, :, past.shape[2]:]
+
+
+def _record(pipe, latents, text, neg, s, cache: KVCache) -> None:
+    """One DiT call on the finished chunk at time 0, with the same guidance batch as sampling: its keys and values
+    join the cache."""
+    dit = pipe._dit_in(latents.dtype)
+    model = guided_velocity(lambda x, t, c: dit(x, t, c, kv=cache.record_slot()), text, neg, s.guidance)
+    model(latents, torch.zeros(latents.shape[0], dtype=latents.dtype, device=latents.device))
 
 
 @torch.no_grad()
 def stream_video(pipe, prompts: list[str], seeds: list[int] | None = None, image=None, chunk: int = 1,
-                 window: int | None = None, **overrides) -> Iterator[torch.Tensor]:
+                 window: int | None = None, past: str = "clean", **overrides) -> Iterator[torch.Tensor]:
     """Yields video frames (B, 3, n, H, W) in [-1, 1] as each latent chunk is sampled and decoded."""
     vae_cache, dtype = CausalCache(), next(pipe.vae.parameters()).dtype
     start, first = time.perf_counter(), True
-    for latents in stream_latents(pipe, prompts, seeds, image, chunk, window, **overrides):
+    for latents in stream_latents(pipe, prompts, seeds, image, chunk, window, past, **overrides):
         frames = pipe.vae.decode_next(latents.to(dtype), vae_cache).float()
         if first:
             log.info("time to first frame: %.3f s", time.perf_counter() - start)

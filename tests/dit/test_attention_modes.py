@@ -80,7 +80,7 @@ def test_chunks_through_the_kv_cache_equal_the_whole_pass():
     x, _, text = inputs(frames=5)
     t = torch.rand(2, 5 * 4) * 1000  # per-token times, as a video with given frames has
     whole = dit(x, t, text)
-    cache, outs = KVCache(dit.config.num_layers, tokens_per_frame=4), []
+    cache, outs = KVCache(dit.config.num_layers, tokens_per_frame=4, past="joint"), []
     for part in (slice(0, 1), slice(1, 3), slice(3, 5)):
         cache.start_chunk()
         outs.append(dit(x[:, :, part], t[:, part.start * 4:part.stop * 4], text, kv=cache.next_slot()))
@@ -91,7 +91,7 @@ def test_chunks_through_the_kv_cache_equal_the_whole_pass():
 def test_a_window_bounds_the_cache():
     dit = dit_in("causal")
     x, t, text = inputs(frames=1)
-    cache, sizes = KVCache(dit.config.num_layers, tokens_per_frame=4, window=2), []
+    cache, sizes = KVCache(dit.config.num_layers, tokens_per_frame=4, window=2, past="joint"), []
     for _ in range(5):
         cache.start_chunk()
         dit(x, t, text, kv=cache.next_slot())

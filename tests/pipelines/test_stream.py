@@ -29,21 +29,41 @@ def joint_latents(pipe, frames, image=None, **kw):
     return pipe.denoise(pipe.initial_noise(s, [s.seed]), text, neg, s, keyframes=keyframes)
 
 
-@pytest.mark.parametrize("chunk, sampler", [(1, "euler"), (2, "heun")])
-def test_streamed_equals_joint_sampling(causal_pipe, chunk, sampler):
+def red_square():
     image = np.zeros((32, 32, 3), np.uint8)
     image[8:16, 8:16] = (220, 40, 40)
-    for img in (None, image):
+    return image
+
+
+def streamed(pipe, **kw):
+    return torch.cat(list(stream_latents(pipe, [PROMPT], guidance=3.0, **kw)), dim=2)
+
+
+@pytest.mark.parametrize("chunk, sampler", [(1, "euler"), (2, "heun")])
+def test_joint_past_streaming_equals_joint_sampling(causal_pipe, chunk, sampler):
+    for img in (None, red_square()):
         joint = joint_latents(causal_pipe, 17, img, sampler=sampler, guidance=3.0)
-        streamed = torch.cat(list(stream_latents(causal_pipe, [PROMPT], image=img, chunk=chunk, frames=17,
-                                                 sampler=sampler, guidance=3.0)), dim=2)
-        assert streamed.shape == joint.shape
-        torch.testing.assert_close(streamed, joint, atol=1e-4, rtol=0)
+        out = streamed(causal_pipe, image=img, chunk=chunk, frames=17, sampler=sampler, past="joint")
+        assert out.shape == joint.shape
+        torch.testing.assert_close(out, joint, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("chunk, window", [(1, None), (2, None), (1, 2)])
+def test_clean_past_streaming_equals_sampling_without_a_cache(causal_pipe, chunk, window):
+    kw = dict(image=red_square(), chunk=chunk, frames=17, steps=3)
+    cached, recomputed = streamed(causal_pipe, **kw), streamed(causal_pipe, use_cache=False, **kw)
+    if window is None:
+        torch.testing.assert_close(cached, recomputed, atol=1e-4, rtol=0)
+    else:  # the cached past was computed with its own, longer history: the same only up to the window
+        windowed = streamed(causal_pipe, window=window, **kw)
+        torch.testing.assert_close(windowed[:, :, :window + 1], cached[:, :, :window + 1], atol=1e-4, rtol=0)
+        assert (windowed[:, :, window + 1:] - cached[:, :, window + 1:]).abs().max() > 1e-4
+    assert not torch.allclose(cached, joint_latents(causal_pipe, 17, red_square(), steps=3, guidance=3.0))
 
 
 def test_streamed_frames_equal_the_generated_video(causal_pipe):
     video = causal_pipe(PROMPT, frames=13, seed=2)
-    pieces = list(stream_video(causal_pipe, [PROMPT], seeds=[2], frames=13))
+    pieces = list(stream_video(causal_pipe, [PROMPT], seeds=[2], frames=13, past="joint"))
     assert [p.shape[2] for p in pieces] == [1, 4, 4, 4]
     frames = torch.cat(pieces, dim=2)[0]                                        # (3, T, H, W)
     ours = ((frames.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -60,4 +80,6 @@ def test_streaming_refuses_what_it_cannot_do(tiny_model_dir, causal_pipe):
         next(stream_latents(load_pipeline(tiny_model_dir), [PROMPT]))
     with pytest.raises(ValueError, match="window"):
         next(stream_latents(causal_pipe, [PROMPT], chunk=3, window=2))
+    with pytest.raises(ValueError, match="pipe.generate"):
+        next(stream_latents(causal_pipe, [PROMPT], past="joint", use_cache=False))
     assert chunk_slices(9, 3) == [slice(0, 1), slice(1, 4), slice(4, 7), slice(7, 9)]
