@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,17 @@ DIT_PRESETS = {
     "wan2.1-14b": DiTConfig(dim=5120, num_heads=40, num_layers=40, ffn_dim=13824),
 }
 T_BINS = (0.25, 0.5, 0.75, 1.0)
+
+
+def with_attention(cfg: DiTConfig, mode: str, temporal_conv: bool = False) -> DiTConfig:
+    """`cfg` in another attention mode at (about) the same parameter count: the factorised mode pays for its
+    temporal attention (q, k, v, o and their norms; the conv's kernel 3 + bias) with a narrower FFN."""
+    if mode != "factorised":
+        return replace(cfg, attention=mode)
+    d = cfg.dim
+    extra = 4 * (d * d + d) + 2 * d + (4 * d if temporal_conv else 0)
+    return replace(cfg, attention=mode, temporal_conv=temporal_conv,
+                   ffn_dim=cfg.ffn_dim - round(extra / (2 * d + 1)))
 
 
 def load_vae_checkpoint(path: str | Path) -> VideoVAE:
@@ -92,6 +104,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init", help="start the DiT from this model folder's dit.safetensors (e.g. kinema/models/shapes)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="shapes", choices=sorted(DIT_PRESETS))
+    p.add_argument("--attention", choices=["full", "factorised", "causal"],
+                   help="self-attention mode (default: the preset's; factorised keeps the parameter count)")
+    p.add_argument("--temporal-conv", action="store_true", help="factorised: add the depthwise temporal conv")
+    p.add_argument("--window", type=int, default=0,
+                   help="latent frames per training sample, cropped at random from the pool's longer clips (0: all)")
+    p.add_argument("--prefix-frac", type=float, default=0.0,
+                   help="fraction of samples holding a clean prefix of latent frames (causal streaming); windows "
+                        "that do not start at frame 0 always hold one")
     p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, default=64)
@@ -154,6 +174,25 @@ def given_frames(batch: int, frames: int, frac: float, g: torch.Generator) -> to
     return given
 
 
+def crop_windows(x0: torch.Tensor, window: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of `window` latent frames (B, C, window, H, W) and their start frames (B,)."""
+    starts = torch.randint(0, x0.shape[2] - window + 1, (x0.shape[0],), generator=g)
+    index = starts[:, None] + torch.arange(window)                                    # (B, window)
+    return torch.stack([x[:, i] for x, i in zip(x0, index)]), starts
+
+
+def clean_prefix(given: torch.Tensor, starts: torch.Tensor | None, frac: float, g: torch.Generator) -> torch.Tensor:
+    """Hold the first 1..T'-1 latent frames clean on a fraction of samples, and on every window that starts inside
+    a clip (its first frame is a continuation, never an image latent), as a streamed causal model sees its past."""
+    b, frames = given.shape
+    pick = torch.rand(b, generator=g) < frac
+    if starts is not None:
+        pick |= starts > 0
+    lengths = torch.randint(1, max(frames, 2), (b,), generator=g)
+    prefix = torch.arange(frames)[None, :] < lengths[:, None]                         # (B, T')
+    return torch.where(pick[:, None], prefix, given)
+
+
 def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample flow-matching MSE (B,) over the frames that are not given.
 
@@ -185,7 +224,8 @@ def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
 def train(args: argparse.Namespace) -> Path:
     out, np_rng = Path(args.out), start_run(args)
     vae, pool, text_cfg = _prepare(args, out)
-    dit = DiT(DIT_PRESETS[args.preset])
+    cfg = DIT_PRESETS[args.preset]
+    dit = DiT(with_attention(cfg, args.attention, args.temporal_conv) if args.attention else cfg)
     if args.init:
         from kinema.pipelines.loading import load_weights
 
@@ -198,15 +238,21 @@ def train(args: argparse.Namespace) -> Path:
         t0, lr = time.time(), set_lr(opt, step, args)
         x0, text = sample_batch(pool, args.batch, args.text_dropout, g)
         t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
+        starts = None
+        if args.window:
+            x0, starts = crop_windows(x0, args.window, g)
         given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
+        if args.prefix_frac or starts is not None:
+            given = clean_prefix(given, starts, args.prefix_frac, g)
         losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g), given)
         gnorm = optimizer_step(dit, opt, ema, losses.mean(), step)
         step += 1
-        metrics.write(step, loss=float(losses.mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
+        metrics.write(step, loss=float(losses.detach().mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
                       **per_bin(t, losses.detach()))
         if step % args.ckpt_every == 0 or step == args.steps:
             save_checkpoint(ckpt_path, dit, ema, opt, step, np_rng, args, g)
-            defaults = GenerationSettings(frames=args.frames, height=args.size, width=args.size, shift=args.t_shift)
+            frames = 1 + 4 * (args.window - 1) if args.window else args.frames
+            defaults = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift)
             save_model(out / "model", text_cfg, vae, ema.model, defaults,
                        name="shapes", extra={"trained_steps": step})
     return ckpt_path

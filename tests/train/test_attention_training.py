@@ -1,0 +1,56 @@
+"""Training the DiT in each attention mode: equal parameter counts, windows cropped from longer clips, clean prefixes."""
+
+import torch
+
+import kinema
+from kinema.dit.model import DiT
+from kinema.train import dit as train_dit
+from kinema.train import vae as train_vae
+
+
+def test_the_modes_have_about_the_same_parameter_count():
+    count = lambda cfg: sum(p.numel() for p in DiT(cfg).parameters())  # noqa: E731
+    base = train_dit.DIT_PRESETS["shapes"]
+    full = count(base)
+    for mode, conv in (("causal", False), ("factorised", False), ("factorised", True)):
+        cfg = train_dit.with_attention(base, mode, conv)
+        assert cfg.attention == mode and abs(count(cfg) - full) / full < 0.002
+
+
+def test_windows_are_consecutive_frames_of_the_clip():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.arange(6 * 9).float().view(6, 1, 9, 1, 1).expand(6, 2, 9, 3, 3)
+    crops, starts = train_dit.crop_windows(x0, 4, g)
+    assert crops.shape == (6, 2, 4, 3, 3)
+    for crop, clip, s in zip(crops, x0, starts):
+        assert torch.equal(crop, clip[:, s:s + 4])
+    assert starts.min() >= 0 and starts.max() <= 5
+
+
+def test_clean_prefixes_cover_every_window_that_starts_inside_a_clip():
+    g = torch.Generator().manual_seed(0)
+    starts = torch.tensor([0, 2, 0, 1] * 500)
+    given = train_dit.clean_prefix(torch.zeros(2000, 5, dtype=torch.bool), starts, 0.5, g)
+    held = given.any(1)
+    assert held[starts > 0].all()
+    assert abs(held[starts == 0].float().mean() - 0.5) < 0.05
+    lengths = given.sum(1)[held]
+    assert lengths.min() == 1 and lengths.max() == 4  # never the whole window
+    assert (given == (torch.arange(5)[None] < given.sum(1, keepdim=True))).all()  # a prefix, not any set
+
+
+def test_a_causal_model_trains_on_windows_and_streams(tmp_path):
+    from kinema.pipelines.stream import stream_latents
+
+    vae_ckpt = train_vae.train(train_vae.parse_args(
+        ["--out", str(tmp_path / "vae"), "--preset", "tiny", "--steps", "1", "--batch", "1", "--frames", "5",
+         "--size", "32"]))
+    args = train_dit.parse_args(
+        ["--vae", str(vae_ckpt), "--out", str(tmp_path / "dit"), "--preset", "tiny", "--pool", "4", "--frames", "13",
+         "--size", "32", "--steps", "2", "--batch", "2", "--ckpt-every", "2", "--attention", "causal",
+         "--window", "3", "--prefix-frac", "0.5"])
+    train_dit.train(args)
+    pipe = kinema.load_pipeline(tmp_path / "dit" / "model")
+    assert pipe.dit.config.attention == "causal" and pipe.defaults.frames == 9
+    pieces = list(stream_latents(pipe, ["a red circle bouncing"], frames=21, window=2, steps=2))
+    assert sum(p.shape[2] for p in pieces) == 6
