@@ -41,10 +41,12 @@ def dit_config_from_diffusers(c: dict) -> DiTConfig:
 
 
 def dit_config_from_wan(c: dict) -> DiTConfig:
-    """The original release's `WanModel` config.json -> `DiTConfig` (model_type "t2v" only)."""
+    """The original release's `WanModel` config.json -> `DiTConfig` (model_type "t2v": Wan 2.1 T2V and each Wan 2.2
+    T2V-A14B expert; "ti2v": Wan 2.2 TI2V-5B)."""
     kind = c.get("model_type", "t2v")
-    if kind != "t2v":
-        raise ValueError(f"model_type {kind!r} is not supported yet (text-to-video 't2v' with the Wan 2.1 VAE only)")
+    if kind not in ("t2v", "ti2v"):
+        raise ValueError(f"model_type {kind!r} is not supported yet ('t2v' and 'ti2v' only; image-conditioned "
+                         "'i2v'/'flf2v' need CLIP tokens or mask channels)")
     missing = [k for k in ("dim", "num_heads", "num_layers", "ffn_dim") if k not in c]
     if missing:
         raise ValueError(f"WanModel config lacks {missing}")

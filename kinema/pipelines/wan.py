@@ -1,20 +1,25 @@
-"""Loading Wan 2.1 text-to-video checkpoints (z16 VAE, 16-channel DiT) as a kinema pipeline.
+"""Loading Wan checkpoints as a kinema pipeline: Wan 2.1 T2V (1.3B, 14B; z16 VAE), Wan 2.2 TI2V-5B (48-channel DiT,
+Wan 2.2 VAE with 16x spatial compression) and Wan 2.2 T2V-A14B (two 14B experts switched at the boundary timestep,
+a `TwoExpertPipeline`).
 
 `kinema.load_pipeline(path)` / `kinema generate --model PATH` recognise three layouts:
 
-1. diffusers folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers): `model_index.json` (WanPipeline), `transformer/`
-   (config.json + diffusion_pytorch_model*.safetensors, sharded with a `.safetensors.index.json` or not), `vae/`
-   (AutoencoderKLWan), `text_encoder/` (transformers UMT5EncoderModel), `tokenizer/`, `scheduler/`.
-2. original release folder (e.g. Wan-AI/Wan2.1-T2V-1.3B): `config.json` (WanModel fields), the DiT
-   `diffusion_pytorch_model*.safetensors` (original key names, which are kinema's), `Wan2.1_VAE.pth`,
-   `models_t5_umt5-xxl-enc-bf16.pth` and the tokenizer folder `google/umt5-xxl/`.
+1. diffusers folder (e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers): `model_index.json` (WanPipeline; `expand_timesteps`
+   for TI2V; `transformer_2` + `boundary_ratio` for A14B), `transformer/` (config.json +
+   diffusion_pytorch_model*.safetensors, sharded with a `.safetensors.index.json` or not), `vae/` (AutoencoderKLWan),
+   `text_encoder/` (transformers UMT5EncoderModel), `tokenizer/`, `scheduler/`.
+2. original release folder (e.g. Wan-AI/Wan2.1-T2V-1.3B): `config.json` (WanModel fields; model_type "ti2v" for
+   TI2V-5B), the DiT `diffusion_pytorch_model*.safetensors` (original key names, which are kinema's),
+   `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth`, `models_t5_umt5-xxl-enc-bf16.pth` and the tokenizer folder
+   `google/umt5-xxl/`. A14B puts a config.json and the DiT files in each of `high_noise_model/` and
+   `low_noise_model/` instead.
 3. a single DiT file `FILE.safetensors` with original key names (ComfyUI's `model.diffusion_model.` prefix is
    stripped; a file with diffusers' names is converted). Its config comes from `FILE.json` (WanModel config.json
    fields) next to it when present, else from the tensor shapes with Wan's head dim 128.
 
 Companions (2 and 3 look in the checkpoint's folder, first match wins):
 - VAE: `vae/` (diffusers folder), `Wan2.1_VAE.safetensors` or `wan_2.1_vae.safetensors` (original key names,
-  e.g. ComfyUI's), `Wan2.1_VAE.pth`.
+  e.g. ComfyUI's), `Wan2.1_VAE.pth`; the `Wan2.2_VAE.*` / `wan2.2_vae.safetensors` files first for a 48-channel DiT.
 - text encoder: `text_encoder/` (a transformers umT5 folder), else `models_t5_umt5-xxl-enc-bf16.pth` (converted by
   `kinema.convert.wan_t5`); tokenizer: `tokenizer/`, `google/umt5-xxl/`, or the `text_encoder/` folder itself.
 `.pth` files need torch >= 2.10 (see `kinema.convert.torch_files`).
@@ -25,10 +30,13 @@ before decoding does it compute z = z_n / (1 / std) + mean; `output_type="latent
 `VideoVAE.decode` takes z_n and applies z_n * std + mean itself. So the same noise gives the same trajectory, and
 `TextToVideoPipeline.denoise` returns what diffusers returns with `output_type="latent"`.
 
-Defaults: UniPC, 50 steps, guidance 5, 81 frames at 16 fps, 480x832. diffusers folders take the scheduler's grid
-and shift ("diffusers" schedule, flow_shift) and an empty negative prompt (diffusers' defaults); the other layouts
-take the original release's grid ("wan" schedule), shift 5 and its Chinese negative prompt (Wan's generate.py).
-Flags override all of these.
+Defaults per model kind (`WAN_MODEL_DEFAULTS`, the original release's): UniPC; T2V 50 steps, guidance 5, shift 5,
+81 frames at 16 fps, 480x832; TI2V-5B 50 steps, guidance 5, shift 5, 121 frames at 24 fps, 704x1280 (sizes are
+multiples of 32 = 16x VAE x patch 2); T2V-A14B 40 steps, guidance 4 (high-noise expert) / 3 (low-noise), shift 12,
+81 frames at 16 fps, 720x1280, boundary 0.875. diffusers folders take the scheduler's grid and shift ("diffusers"
+schedule, flow_shift) and an empty negative prompt (diffusers' defaults); the other layouts take the original
+release's grid ("wan" schedule) and its Chinese negative prompt (Wan's generate.py). Flags override all of these;
+frame counts and sizes the model cannot take are refused with the rule, not silently rounded.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ import torch
 from kinema.convert import torch_files
 from kinema.convert.wan import (convert_diffusers_dit, convert_diffusers_vae, diffusers_dit_key,
                                vae_config_from_diffusers)
+from kinema.convert.wan22 import convert_original_vae22, is_wan22_original_vae, vae22_config_from_state
 from kinema.convert.wan_checkpoints import (convert_original_vae, dit_config_from_diffusers, dit_config_from_state,
                                             dit_config_from_wan, strip_comfy_prefix, vae_config_from_state)
 from kinema.dit.model import DiT, DiTConfig
 from kinema.pipelines.loading import ModelError
 from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
+from kinema.pipelines.two_experts import TwoExpertPipeline
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
 from kinema.vae.model import VideoVAE
 
@@ -62,8 +72,26 @@ TEXT_LEN = 512
 WAN_NEGATIVE_PROMPT = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
                        "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，"
                        "形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
-T2V_DEFAULTS = GenerationSettings(frames=81, height=480, width=832, fps=16.0, steps=50, guidance=5.0, shift=5.0,
-                                  sampler="unipc", schedule="wan", negative_prompt=WAN_NEGATIVE_PROMPT)
+# Generation defaults per model kind, as the original release's generate.py / configs set them (W21 generate.py,
+# W22 wan/configs): "t2v" Wan 2.1 T2V, "ti2v" Wan 2.2 TI2V-5B, "t2v-a14b" Wan 2.2 T2V-A14B (guidance = the
+# high-noise expert's scale, guidance_2 the low-noise expert's; the release writes them as (low, high) = (3, 4)).
+WAN_MODEL_DEFAULTS = {
+    "t2v": dict(frames=81, height=480, width=832, fps=16.0, steps=50, guidance=5.0, shift=5.0),
+    "ti2v": dict(frames=121, height=704, width=1280, fps=24.0, steps=50, guidance=5.0, shift=5.0),
+    "t2v-a14b": dict(frames=81, height=720, width=1280, fps=16.0, steps=40, guidance=4.0, guidance_2=3.0,
+                     shift=12.0),
+}
+# The timestep fraction at which a two-expert model switches from its high-noise to its low-noise expert.
+WAN_BOUNDARY = {"t2v-a14b": 0.875}
+
+
+def model_defaults(kind: str) -> GenerationSettings:
+    """The original release's defaults for a model kind (a key of WAN_MODEL_DEFAULTS)."""
+    return GenerationSettings(**WAN_MODEL_DEFAULTS[kind], sampler="unipc", schedule="wan",
+                              negative_prompt=WAN_NEGATIVE_PROMPT)
+
+
+T2V_DEFAULTS = model_defaults("t2v")
 
 
 def _read_json(path: Path) -> dict:
@@ -93,7 +121,7 @@ def detect_layout(path: Path) -> str | None:
         return "single" if path.suffix == ".safetensors" else None
     if (path / "model_index.json").is_file():
         return "diffusers"
-    if _is_wan_model_config(path / "config.json"):
+    if _is_wan_model_config(path / "config.json") or _is_wan_model_config(path / "high_noise_model" / "config.json"):
         return "original"
     return None
 
@@ -167,12 +195,14 @@ def _check_fit(config: DiTConfig, vae: VideoVAE, source: Path) -> None:
     z = vae.config.z_dim
     if config.in_channels != z or config.out_channels != z:
         raise ModelError(f"{source}: the DiT takes {config.in_channels} and gives {config.out_channels} latent "
-                         f"channels but the VAE has {z} (only text-to-video models with the Wan 2.1 VAE are supported)")
+                         f"channels but the VAE has {z} (supported: Wan 2.1 T2V and Wan 2.2 A14B T2V with the "
+                         "Wan 2.1 VAE, Wan 2.2 TI2V-5B with the Wan 2.2 VAE)")
 
 
 # ---- VAE ------------------------------------------------------------------------------------------------------------
 
-VAE_FILES = ("Wan2.1_VAE.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth")
+VAE_FILES = {16: ("Wan2.1_VAE.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth"),
+             48: ("Wan2.2_VAE.safetensors", "wan2.2_vae.safetensors", "Wan2.2_VAE.pth")}  # by latent channels
 
 
 def _read_weights(path: Path, dtype: torch.dtype | None = None) -> dict:
@@ -189,7 +219,7 @@ def _build_vae(config, state: dict, source: str) -> VideoVAE:
 
 
 def load_diffusers_vae_folder(folder: Path) -> VideoVAE:
-    """kinema's VAE from a diffusers `vae/` folder (AutoencoderKLWan, Wan 2.1 layout)."""
+    """kinema's VAE from a diffusers `vae/` folder (AutoencoderKLWan, Wan 2.1 or 2.2 layout)."""
     config = _checked(folder / "config.json", vae_config_from_diffusers, _read_json(folder / "config.json"))
     files = weight_files(folder)
     state = _checked(_source(files), convert_diffusers_vae, _checked(None, torch_files.read_safetensors, list(files)))
@@ -197,18 +227,25 @@ def load_diffusers_vae_folder(folder: Path) -> VideoVAE:
 
 
 def load_original_vae(path: Path) -> VideoVAE:
-    """kinema's VAE from the original release's `Wan2.1_VAE.pth` (or a safetensors file with its key names)."""
-    state = _checked(path, convert_original_vae, _read_weights(path))
+    """kinema's VAE from the original release's `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth` (or a safetensors file with
+    their key names); which one it is is read off the keys."""
+    state = _read_weights(path)
+    if is_wan22_original_vae(state):
+        state = _checked(path, convert_original_vae22, state)
+        return _build_vae(_checked(path, vae22_config_from_state, state), state, str(path))
+    state = _checked(path, convert_original_vae, state)
     return _build_vae(_checked(path, vae_config_from_state, state), state, str(path))
 
 
-def find_vae(folder: Path) -> VideoVAE:
+def find_vae(folder: Path, z_dim: int = 16) -> VideoVAE:
+    """The VAE next to a Wan DiT: `vae/` (diffusers), else the original files, those with `z_dim` channels first."""
     if (folder / "vae" / "config.json").is_file():
         return load_diffusers_vae_folder(folder / "vae")
-    for name in VAE_FILES:
+    names = [*VAE_FILES.get(z_dim, ()), *(n for z, ns in VAE_FILES.items() if z != z_dim for n in ns)]
+    for name in names:
         if (folder / name).is_file():
             return load_original_vae(folder / name)
-    raise ModelError(f"no VAE for the Wan model in {folder}: looked for vae/ (diffusers) and {', '.join(VAE_FILES)}")
+    raise ModelError(f"no VAE for the Wan model in {folder}: looked for vae/ (diffusers) and {', '.join(names)}")
 
 
 # ---- text encoder ---------------------------------------------------------------------------------------------------
@@ -264,9 +301,9 @@ _UNIPC_DEFAULTS = {"solver_order": 2, "solver_type": "bh2", "predict_x0": True, 
                    "final_sigmas_type": "zero", "disable_corrector": [], "num_train_timesteps": 1000}
 
 
-def diffusers_defaults(scheduler_config: Path) -> GenerationSettings:
-    """T2V defaults with diffusers' empty negative prompt and its scheduler's grid and shift."""
-    base = replace(T2V_DEFAULTS, negative_prompt="")
+def diffusers_defaults(scheduler_config: Path, kind: str = "t2v") -> GenerationSettings:
+    """A model kind's defaults with diffusers' empty negative prompt and its scheduler's grid and shift."""
+    base = replace(model_defaults(kind), negative_prompt="")
     if not scheduler_config.is_file():
         log.warning("no %s: sampling on the original Wan grid with shift %g", scheduler_config, base.shift)
         return base
@@ -281,34 +318,66 @@ def diffusers_defaults(scheduler_config: Path) -> GenerationSettings:
 
 
 # ---- the three layouts ----------------------------------------------------------------------------------------------
+# Each reader returns (DiTs, VAE, text encoder config, defaults, kind): one DiT, or the (high-noise, low-noise) experts.
+
+def _diffusers_kind(index: dict, index_path: Path) -> str:
+    if index.get("_class_name") != "WanPipeline":
+        raise ModelError(f"{index_path}: pipeline {index.get('_class_name')!r} is not supported (WanPipeline: "
+                         "Wan 2.1 T2V, Wan 2.2 TI2V-5B and T2V-A14B)")
+    two = (index.get("transformer_2") or [None])[0] is not None
+    if two != (index.get("boundary_ratio") is not None):
+        raise ModelError(f"{index_path}: a second transformer needs a boundary_ratio and the other way round")
+    return "t2v-a14b" if two else "ti2v" if index.get("expand_timesteps") else "t2v"
+
+
+def _diffusers_dit(folder: Path, dtype: torch.dtype) -> DiT:
+    config = _checked(folder / "config.json", dit_config_from_diffusers, _read_json(folder / "config.json"))
+    files = weight_files(folder)
+    return build_dit(config, read_dit_state(files, dtype, diffusers_names=True), _source(files))
+
 
 def _load_diffusers(path: Path, dtype: torch.dtype):
     index_path = path / "model_index.json"
     index = _read_json(index_path)
-    if index.get("_class_name") != "WanPipeline":
-        raise ModelError(f"{index_path}: pipeline {index.get('_class_name')!r} is not supported (WanPipeline, "
-                         "text-to-video, only)")
-    if (index.get("transformer_2") or [None])[0] is not None or index.get("boundary_ratio") is not None:
-        raise ModelError(f"{index_path}: two-expert Wan 2.2 A14B checkpoints are not supported yet")
-    if index.get("expand_timesteps"):
-        raise ModelError(f"{index_path}: Wan 2.2 TI2V (expand_timesteps) checkpoints are not supported yet")
-    folder = path / "transformer"
-    config = _checked(folder / "config.json", dit_config_from_diffusers, _read_json(folder / "config.json"))
-    files = weight_files(folder)
-    vae = find_vae(path)
-    _check_fit(config, vae, folder / "config.json")
-    text = find_text_encoder(path, config.text_dim)
-    dit = build_dit(config, read_dit_state(files, dtype, diffusers_names=True), _source(files))
-    return dit, vae, text, diffusers_defaults(path / "scheduler" / "scheduler_config.json")
+    kind = _diffusers_kind(index, index_path)
+    folders = [path / "transformer"] + ([path / "transformer_2"] if kind == "t2v-a14b" else [])
+    configs = [_checked(f / "config.json", dit_config_from_diffusers, _read_json(f / "config.json")) for f in folders]
+    vae = find_vae(path, configs[0].in_channels)
+    for folder, config in zip(folders, configs):
+        _check_fit(config, vae, folder / "config.json")
+    text = find_text_encoder(path, configs[0].text_dim)
+    dits = [_diffusers_dit(f, dtype) for f in folders]
+    defaults = diffusers_defaults(path / "scheduler" / "scheduler_config.json", kind)
+    boundary = index.get("boundary_ratio")
+    return dits, vae, text, defaults, kind, None if boundary is None else float(boundary)
+
+
+EXPERT_DIRS = ("high_noise_model", "low_noise_model")  # the original A14B release: one full DiT folder per expert
+
+
+def _original_kind(path: Path, config: dict) -> str:
+    if (path / EXPERT_DIRS[0]).is_dir():
+        if config.get("model_type", "t2v") != "t2v":
+            raise ModelError(f"{path}: two-expert model_type {config.get('model_type')!r} is not supported (Wan 2.2 "
+                             "T2V-A14B 't2v' only; I2V-A14B needs image conditioning)")
+        return "t2v-a14b"
+    return "ti2v" if config.get("model_type") == "ti2v" or config.get("in_dim") == 48 else "t2v"
 
 
 def _load_original(path: Path, dtype: torch.dtype):
-    config = _checked(path / "config.json", dit_config_from_wan, _read_json(path / "config.json"))
-    files = weight_files(path)
-    vae = find_vae(path)
-    _check_fit(config, vae, path / "config.json")
-    text = find_text_encoder(path, config.text_dim)
-    return build_dit(config, read_dit_state(files, dtype), _source(files)), vae, text, T2V_DEFAULTS
+    folders = [path / d for d in EXPERT_DIRS] if (path / EXPERT_DIRS[0]).is_dir() else [path]
+    raw = [_read_json(f / "config.json") for f in folders]
+    kind = _original_kind(path, raw[0])
+    configs = [_checked(f / "config.json", dit_config_from_wan, c) for f, c in zip(folders, raw)]
+    vae = find_vae(path, configs[0].in_channels)
+    for folder, config in zip(folders, configs):
+        _check_fit(config, vae, folder / "config.json")
+    text = find_text_encoder(path, configs[0].text_dim)
+    dits = []
+    for folder, config in zip(folders, configs):
+        files = weight_files(folder)
+        dits.append(build_dit(config, read_dit_state(files, dtype), _source(files)))
+    return dits, vae, text, model_defaults(kind), kind, WAN_BOUNDARY.get(kind)
 
 
 def _load_single(path: Path, dtype: torch.dtype):
@@ -323,11 +392,12 @@ def _load_single(path: Path, dtype: torch.dtype):
         config = _checked(sidecar, dit_config_from_wan, _read_json(sidecar))
     else:
         config = _checked(path, dit_config_from_state, shapes)
-    vae = find_vae(path.parent)
+    vae = find_vae(path.parent, config.in_channels)
     _check_fit(config, vae, path)
     text = find_text_encoder(path.parent, config.text_dim)
     dit = build_dit(config, read_dit_state((path,), dtype, diffusers_names, prefix), str(path))
-    return dit, vae, text, T2V_DEFAULTS
+    kind = "ti2v" if config.in_channels == 48 else "t2v"
+    return [dit], vae, text, model_defaults(kind), kind, None
 
 
 def load_wan_pipeline(path: str | Path, device: str | torch.device = "cpu",
@@ -338,11 +408,15 @@ def load_wan_pipeline(path: str | Path, device: str | torch.device = "cpu",
     readers = {"diffusers": _load_diffusers, "original": _load_original, "single": _load_single}
     if layout is None:
         raise ModelError(f"{path} is not a Wan checkpoint: expected {LAYOUTS_HELP}")
-    dit, vae, text, defaults = readers[layout](path, dtype)
-    log.info("loaded a %s-layout Wan model from %s (DiT %s)", layout, path, dit.config)
+    dits, vae, text, defaults, kind, boundary = readers[layout](path, dtype)
+    log.info("loaded a %s-layout Wan %s model from %s (DiT %s)", layout, kind, path, dits[0].config)
     device = torch.device(device)
-    return TextToVideoPipeline(TextEncoder(text, device, dtype), vae.to(device, dtype), dit_to(dit, device, dtype),
-                               defaults, path.stem if path.is_file() else path.name, device)
+    dits = [dit_to(d, device, dtype) for d in dits]
+    parts = (TextEncoder(text, device, dtype), vae.to(device, dtype), dits[0])
+    name = path.stem if path.is_file() else path.name
+    if len(dits) == 2:
+        return TwoExpertPipeline(*parts, dits[1], boundary, defaults, name, device)
+    return TextToVideoPipeline(*parts, defaults, name, device)
 
 
 def dit_to(dit: DiT, device: torch.device, dtype: torch.dtype) -> DiT:

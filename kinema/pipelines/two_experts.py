@@ -1,0 +1,34 @@
+"""Two-expert text-to-video (Wan 2.2 A14B): a high-noise DiT for t >= boundary, a low-noise DiT below it.
+
+The pipeline is the text-to-video pipeline with a second DiT: `dit` is the high-noise expert (diffusers'
+`transformer`, the release's `high_noise_model/`), `dit_2` the low-noise one (`transformer_2`, `low_noise_model/`).
+Each expert gets its own classifier-free guidance (`guidance` / `guidance_2`, as diffusers' `guidance_scale` /
+`guidance_scale_2`), and `kinema.flow.experts.switch_experts` makes the two one velocity function for the sampler.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kinema.dit.model import DiT
+from kinema.flow.experts import switch_experts
+from kinema.flow.guidance import guided_velocity
+from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
+from kinema.text.encoder import TextEncoder
+from kinema.vae.model import VideoVAE
+
+
+class TwoExpertPipeline(TextToVideoPipeline):
+    def __init__(self, text_encoder: TextEncoder, vae: VideoVAE, dit: DiT, dit_2: DiT, boundary: float,
+                 defaults: GenerationSettings, name: str = "custom", device: str | torch.device = "cpu"):
+        super().__init__(text_encoder, vae, dit, defaults, name, device)
+        if dit_2.config.patch_size != dit.config.patch_size or dit_2.config.in_channels != dit.config.in_channels:
+            raise ValueError("the two experts must take the same latents (in_channels, patch_size)")
+        self.dit_2, self.boundary = dit_2, float(boundary)
+
+    def guided_model(self, dit, text, negative, s: GenerationSettings):
+        own = next(self.dit_2.parameters()).dtype
+        low = lambda x, t, c, **kw: self.dit_2(x.to(own), t, c, **kw).to(x.dtype)  # noqa: E731
+        g2 = s.guidance if s.guidance_2 < 0 else s.guidance_2
+        return switch_experts(guided_velocity(dit, text, negative, s.guidance),
+                              guided_velocity(low, text, negative, g2), self.boundary)
