@@ -35,6 +35,7 @@ class GenerationSettings:
     fps: float = 8.0
     steps: int = 20               # sampling steps
     guidance: float = 5.0         # classifier-free guidance scale (1 = off)
+    guidance_2: float = -1.0      # two-expert models (Wan 2.2 A14B): the low-noise expert's scale (< 0: guidance)
     shift: float = 1.0            # timestep shift of the sampling grid
     sampler: str = "euler"        # a key of kinema.flow.samplers.SAMPLERS
     negative_prompt: str = ""     # the unconditional branch of CFG
@@ -129,7 +130,7 @@ class TextToVideoPipeline:
         dit = base = self._dit_in(noise.dtype)
         if kv_cache is not None:
             dit = lambda x, t, c: base(x, t, c, kv=kv_cache.next_slot())  # noqa: E731
-        model = guided_velocity(dit, text, negative, s.guidance)
+        model = self.guided_model(dit, text, negative, s)
         if keyframes is not None and keyframes[1].any():
             clean, given = keyframes
             _, ph, pw = self.dit.config.patch_size
@@ -139,6 +140,10 @@ class TextToVideoPipeline:
         if grid is not None:  # outermost, so that it sees the sampler's (B,) times
             model = quantised_timesteps(model, grid)
         return SAMPLERS[s.sampler](model, noise, times, callback)
+
+    def guided_model(self, dit, text, negative, s: GenerationSettings):
+        """The velocity function the sampler steps: CFG over `dit` (two-expert pipelines override it)."""
+        return guided_velocity(dit, text, negative, s.guidance)
 
     def _dit_in(self, dtype: torch.dtype):
         """The DiT, fed in its own dtype (bf16 weights) while the sampler's latents stay in `dtype`."""

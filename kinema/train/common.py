@@ -72,11 +72,12 @@ def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
 class MetricsLog:
     """Appends one JSON object per line; also logs a short line every `every` steps."""
 
-    def __init__(self, path: str | Path, every: int = 50, resume_step: int | None = None):
+    def __init__(self, path: str | Path, every: int = 50, resume_step: int | None = None, total: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.every = every
+        self.every, self.total = every, total  # with `total`, the logged line also gives it/s and the ETA
         self.t0 = time.time()
+        self._mark = (resume_step or 0, self.t0)
         if resume_step is not None and self.path.exists():  # drop lines logged after the checkpoint we resume
             kept = [ln for ln in self.path.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
             self.path.write_text("".join(ln + "\n" for ln in kept))
@@ -86,7 +87,17 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if step % self.every == 0:
-            log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items())
+            log.info(line + self._speed(step))
+
+    def _speed(self, step: int) -> str:
+        if not self.total:
+            return ""
+        (s0, t0), now = self._mark, time.time()
+        self._mark = (step, now)
+        rate = (step - s0) / max(now - t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        return f" {rate:.3g} it/s ETA {eta / 60:.1f} min"
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, loss: torch.Tensor, step: int,
@@ -94,8 +105,15 @@ def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, loss:
     """Backward, clip the gradient norm, step, update the EMA; returns the gradient norm before clipping."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    return apply_gradients(model, opt, ema, step, clip)
+
+
+def apply_gradients(model: nn.Module, opt: torch.optim.Optimizer, ema: EMA, step: int, clip: float = 1.0) -> float:
+    """Clip the (accumulated) gradient norm, step, clear the gradients, update the EMA; returns the norm before
+    clipping."""
+    gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], clip)
     opt.step()
+    opt.zero_grad(set_to_none=True)
     ema.update(model, step)
     return float(gnorm)
 
@@ -108,25 +126,29 @@ def set_lr(opt: torch.optim.Optimizer, step: int, args) -> float:
 
 
 def save_checkpoint(path: Path, model: nn.Module, ema: EMA, opt, step: int, np_rng: np.random.Generator,
-                    args, gen: torch.Generator | None = None) -> None:
-    """Everything a run needs to continue exactly: weights, EMA, optimizer, step, RNG states, config, args."""
+                    args, gen: torch.Generator | None = None, extra: dict | None = None) -> None:
+    """Everything a run needs to continue exactly: weights, EMA, optimizer, step, RNG states, config, args;
+    `extra` adds entries (data position, per-rank RNG states) or replaces them (gathered sharded weights)."""
     atomic_save({"model": model.state_dict(), "ema": ema.model.state_dict(), "opt": opt.state_dict(),
                  "step": step, "rng": rng_state(np_rng), "gen": gen.get_state() if gen is not None else None,
-                 "config": model.config.to_dict(), "args": vars(args)}, path)
+                 "config": model.config.to_dict(), "args": vars(args), **(extra or {})}, path)
 
 
 def resume(path: Path, model: nn.Module, ema: EMA, opt, np_rng: np.random.Generator,
-           gen: torch.Generator | None = None) -> int:
-    """Restore a checkpoint written by `save_checkpoint`; returns its step (0 when there is none)."""
+           gen: torch.Generator | None = None, on_load=None) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns its step (0 when there is none).
+    `on_load(checkpoint)` restores whatever `extra` added."""
     if not path.exists():
         return 0
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=False, map_location="cpu")
     model.load_state_dict(ck["model"])
     ema.model.load_state_dict(ck["ema"])
     opt.load_state_dict(ck["opt"])
     set_rng_state(ck["rng"], np_rng)
     if gen is not None:
         gen.set_state(ck["gen"])
+    if on_load is not None:
+        on_load(ck)
     log.info("resumed from step %d", ck["step"])
     return ck["step"]
 

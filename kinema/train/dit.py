@@ -17,14 +17,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
+from kinema.data.buckets import rank_slice
 from kinema.data.shapes import random_training_clip
 from kinema.dit.model import DiT, DiTConfig
 from kinema.flow.convention import TIMESTEP_SCALE, add_noise, velocity_target
@@ -32,8 +35,9 @@ from kinema.flow.schedule import logit_normal_times
 from kinema.pipelines.loading import save_model
 from kinema.pipelines.text_to_video import GenerationSettings
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
-from kinema.train.common import (EMA, MetricsLog, atomic_save, optimizer_step, resume, run_main, save_checkpoint,
-                                 set_lr, start_run)
+from kinema.train import parallel, run_log, sources
+from kinema.train.common import (EMA, apply_gradients, atomic_save, resume, run_main, save_checkpoint, set_lr,
+                                 start_run)
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,8 @@ def latent_stats(latents: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kinema train", description=__doc__.split("\n")[0])
-    p.add_argument("--vae", required=True, help="VAE checkpoint from `kinema train-vae`, or a model folder")
+    p.add_argument("--vae", help="VAE checkpoint from `kinema train-vae`, or a model folder (required unless "
+                                 "--cache, whose model it defaults to)")
     p.add_argument("--init", help="start the DiT from this model folder's dit.safetensors (e.g. kinema/models/shapes)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--preset", default="shapes", choices=sorted(DIT_PRESETS))
@@ -129,6 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    sources.add_args(p)
+    parallel.add_args(p)
+    run_log.add_args(p)
     return p.parse_args(argv)
 
 
@@ -174,9 +182,12 @@ def given_frames(batch: int, frames: int, frac: float, g: torch.Generator) -> to
     return given
 
 
-def crop_windows(x0: torch.Tensor, window: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of `window` latent frames (B, C, window, H, W) and their start frames (B,)."""
-    starts = torch.randint(0, x0.shape[2] - window + 1, (x0.shape[0],), generator=g)
+def crop_windows(x0: torch.Tensor, window: int, g: torch.Generator,
+                 starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of `window` latent frames (B, C, window, H, W) and their start frames (B,) (drawn from g
+    unless given)."""
+    if starts is None:
+        starts = torch.randint(0, x0.shape[2] - window + 1, (x0.shape[0],), generator=g)
     index = starts[:, None] + torch.arange(window)                                    # (B, window)
     return torch.stack([x[:, i] for x, i in zip(x0, index)]), starts
 
@@ -203,7 +214,7 @@ def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None) -
         given = torch.zeros(b, frames, dtype=torch.bool)
     t_frame = torch.where(given, 0.0, t[:, None])                                    # (B, T')
     x_t = add_noise(x0, noise, t_frame[:, None, :, None, None])
-    _, ph, pw = dit.config.patch_size
+    _, ph, pw = getattr(dit, "module", dit).config.patch_size  # DDP wraps the DiT in .module
     t_tokens = t_frame.repeat_interleave((h // ph) * (w // pw), dim=1)               # (B, L), frame-major
     v = dit(x_t, t_tokens * TIMESTEP_SCALE, text)
     err = (v - velocity_target(x0, noise)).square().mean(dim=(1, 3, 4))              # (B, T')
@@ -221,45 +232,186 @@ def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def train(args: argparse.Namespace) -> Path:
-    out, np_rng = Path(args.out), start_run(args)
-    vae, pool, text_cfg = _prepare(args, out)
+@dataclass(frozen=True)
+class TrainHooks:
+    """Ways to reuse this loop (e.g. LoRA fine-tuning) without a second one."""
+
+    prepare: Callable[[DiT], None] | None = None   # change the DiT before training (add adapters, freeze weights);
+                                                   # only parameters left with requires_grad are trained
+    on_checkpoint: Callable[[Path, int, DiT, EMA], None] | None = None  # write extra files (run folder, step,
+                                                                        # DiT, EMA) at each checkpoint, on rank 0
+
+
+def trainable_parameters(dit: DiT) -> list[torch.nn.Parameter]:
+    return [p for p in dit.parameters() if p.requires_grad]
+
+
+def build_source(args, out: Path, d: parallel.Dist):
+    """(source of batches, frozen VAE whose statistics normalise the latents, text encoder config)."""
+    patch = DIT_PRESETS[args.preset].patch_size[1]
+    if args.cache:
+        cache = sources.LatentCache(args.cache)
+        vae, text_cfg = sources.load_vae_and_text(args.vae or cache.manifest["settings"]["model"])
+        if json.loads(json.dumps(vae.config.to_dict())) != cache.manifest["vae"]:
+            raise ValueError(f"cache {args.cache} was encoded with another VAE than {args.vae}")
+        return sources.CacheSource(cache, args.batch, args.seed), vae, text_cfg
+    if args.vae is None:
+        raise ValueError("--vae is required (a model folder or a train-vae checkpoint) unless --cache is given")
+    if args.data:
+        vae, text_cfg = sources.load_vae_and_text(args.vae)
+        folder = sources.VideoFolder(args.data, sources.video_config(args, vae, patch))
+        text = TextEncoder(text_cfg, d.device)
+        return sources.FolderSource(folder, vae.to(d.device), text, args.batch, args.seed), vae, text_cfg
+    with parallel.main_first(d):  # rank 0 renders and encodes the pool; the others then read it
+        vae, pool, text_cfg = _prepare(args, out)
+    return sources.PoolSource(pool), vae, text_cfg
+
+
+def build_dit(args, vae: VideoVAE, text_cfg: TextEncoderConfig) -> DiT:
     cfg = DIT_PRESETS[args.preset]
     dit = DiT(with_attention(cfg, args.attention, args.temporal_conv) if args.attention else cfg)
+    if cfg.in_channels != vae.config.z_dim or cfg.text_dim != text_cfg.dim:
+        raise ValueError(f"preset {args.preset} takes {cfg.in_channels} latent channels and {cfg.text_dim}-d text, "
+                         f"the VAE/text encoder give {vae.config.z_dim} and {text_cfg.dim}")
     if args.init:
         from kinema.pipelines.loading import load_weights
 
         load_weights(dit, Path(args.init) / "dit.safetensors")
-    opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    return dit
+
+
+def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
+    """This rank's share of the step's global batch: (x0, text, t, noise, given), on the training device.
+
+    Every random draw is made for the whole global batch, in the same order on every rank, and sliced, so the
+    step's data and noise do not depend on the number of processes."""
+    idx, part = source.draw(g, args.batch), rank_slice(args.batch, d.rank, d.world)
+    drop = torch.rand(args.batch, generator=g) < args.text_dropout
+    x0, text = source.fetch(idx[part], idx)                                          # (b, C, T', H, W), (b, L, D)
+    text[drop[part]] = source.empty.to(text.dtype)
+    t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
+    starts = None
+    if args.window:
+        starts = torch.randint(0, x0.shape[2] - args.window + 1, (args.batch,), generator=g)
+        x0, _ = crop_windows(x0, args.window, g, starts[part])
+    given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
+    if args.prefix_frac or starts is not None:
+        given = clean_prefix(given, starts, args.prefix_frac, g)
+    noise = torch.randn((args.batch, *x0.shape[1:]), generator=g)
+    return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part])]
+
+
+def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, step: int):
+    """One optimizer step over `--grad-accum` micro-batches; returns the global batch's per-sample losses and
+    times (gathered from every rank) and the gradient norm."""
+    x0, text, t, noise, given = batch
+    n, micro = x0.shape[0], x0.shape[0] // args.grad_accum
+    losses = []
+    for k in range(args.grad_accum):
+        part = slice(k * micro, (k + 1) * micro)
+        with parallel.no_sync(model, last=k == args.grad_accum - 1):
+            with parallel.autocast(d):
+                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part])
+            (loss.float().sum() / n).backward()
+        losses.append(loss.detach().float())
+    gnorm = apply_gradients(dit, opt, ema, step)
+    return parallel.gather(torch.cat(losses), d).cpu(), parallel.gather(t, d).cpu(), gnorm
+
+
+def check_args(args, d: parallel.Dist) -> None:
+    if args.grad_accum < 1 or args.batch % (d.world * args.grad_accum):
+        raise ValueError(f"--batch {args.batch} must be divisible by processes x --grad-accum "
+                         f"({d.world} x {args.grad_accum})")
+    if args.steps < 1 or args.ckpt_every < 1:
+        raise ValueError("--steps and --ckpt-every must be positive")
+
+
+def _restore(source, d: parallel.Dist):
+    def on_load(ck: dict) -> None:
+        source.load_state_dict(ck.get("data", {}))
+        if ck.get("world") == d.world and ck.get("rank_rng"):
+            torch.set_rng_state(ck["rank_rng"][d.rank])
+    return on_load
+
+
+def save_run(out: Path, step: int, state: dict, args, d: parallel.Dist, hooks: TrainHooks) -> None:
+    """Checkpoint (rank 0 writes; every rank takes part in the gathers) and the loadable EMA model folder."""
+    dit, ema, opt, vae, text_cfg = (state[k] for k in ("dit", "ema", "opt", "vae", "text_cfg"))
+    extra = {"data": state["source"].state_dict(), "world": d.world,
+             "rank_rng": parallel.gather_objects(torch.get_rng_state(), d), **parallel.full_states(dit, ema, opt, d)}
+    if not d.main:
+        return
+    save_checkpoint(out / "checkpoint.pt", dit, ema, opt, step, state["np_rng"], args, state["g"], extra)
+    frames = 1 + 4 * (args.window - 1) if args.window else args.frames
+    defaults = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift)
+    ema_model = parallel.full_model(ema.model, extra.get("ema"))
+    save_model(out / "model", text_cfg, vae, ema_model, defaults, name="shapes" if state["pool"] else out.name,
+               extra={"trained_steps": step})
+    if hooks.on_checkpoint is not None:
+        hooks.on_checkpoint(out, step, dit, ema)
+
+
+def train(args: argparse.Namespace, hooks: TrainHooks | None = None) -> Path:
+    hooks, d = hooks or TrainHooks(), parallel.init(args.device, args.precision, args.fsdp)
+    check_args(args, d)
+    out, np_rng = Path(args.out), start_run(args)
+    source, vae, text_cfg = build_source(args, out, d)
+    dit = build_dit(args, vae, text_cfg)
+    if hooks.prepare is not None:
+        hooks.prepare(dit)
+    model = parallel.wrap(dit.to(d.device), d, args.grad_checkpoint)
+    opt = torch.optim.AdamW(trainable_parameters(dit), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     ema, g, ckpt_path = EMA(dit, args.ema), torch.Generator().manual_seed(args.seed), out / "checkpoint.pt"
-    step = resume(ckpt_path, dit, ema, opt, np_rng, g) if args.resume else 0
-    metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if args.resume else None)
+    parallel.seed_rank(args.seed, d)
+    step = resume(ckpt_path, dit, ema, opt, np_rng, g, _restore(source, d)) if args.resume else 0
+    state = {"dit": dit, "ema": ema, "opt": opt, "vae": vae, "text_cfg": text_cfg, "source": source, "g": g,
+             "np_rng": np_rng, "pool": isinstance(source, sources.PoolSource)}
+    run = run_log.RunLog(out, args, step, d.main)
     while step < args.steps:
         t0, lr = time.time(), set_lr(opt, step, args)
-        x0, text = sample_batch(pool, args.batch, args.text_dropout, g)
-        t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
-        starts = None
-        if args.window:
-            x0, starts = crop_windows(x0, args.window, g)
-        given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
-        if args.prefix_frac or starts is not None:
-            given = clean_prefix(given, starts, args.prefix_frac, g)
-        losses = flow_loss(dit, x0, text, t, torch.randn(x0.shape, generator=g), given)
-        gnorm = optimizer_step(dit, opt, ema, losses.mean(), step)
+        losses, t, gnorm = train_step(model, dit, opt, ema, draw_batch(source, g, args, d), args, d, step)
         step += 1
-        metrics.write(step, loss=float(losses.detach().mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
-                      **per_bin(t, losses.detach()))
+        run.step(step, loss=float(losses.mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
+                 **per_bin(t, losses))
         if step % args.ckpt_every == 0 or step == args.steps:
-            save_checkpoint(ckpt_path, dit, ema, opt, step, np_rng, args, g)
-            frames = 1 + 4 * (args.window - 1) if args.window else args.frames
-            defaults = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift)
-            save_model(out / "model", text_cfg, vae, ema.model, defaults,
-                       name="shapes", extra={"trained_steps": step})
+            save_run(out, step, state, args, d, hooks)
+            run.summary(step, "running", **run_info(args, d, dit, source))
+        if args.sample_every and step % args.sample_every == 0 and d.main:
+            _sample(out, step, state, args, d, source)
+    run.summary(step, "finished", **run_info(args, d, dit, source))
+    run.close()
+    parallel.finish(d)
     return ckpt_path
 
 
+def run_info(args, d: parallel.Dist, dit: DiT, source) -> dict:
+    """The resolved configuration of a run, for summary.json."""
+    return {"args": vars(args), "dit": dit.config.to_dict(), "processes": d.world, "device": str(d.device),
+            "precision": "bf16" if d.autocast is not None else "fp32", "fsdp": d.fsdp, "data": source.summary()}
+
+
+def _sample(out: Path, step: int, state: dict, args, d: parallel.Dist, source) -> None:
+    if d.fsdp:
+        log.info("samples are not written under --fsdp (the EMA weights are sharded)")
+        return
+    frames = 1 + 4 * (args.window - 1) if args.window else args.frames
+    settings = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift,
+                                  steps=args.sample_steps)
+    path = run_log.write_sample(out / "samples" / f"step{step:07d}.mp4", state["text_cfg"], state["vae"],
+                                state["ema"].model, settings, args.sample_prompt or source.first_caption(), d.device)
+    log.info("sample: %s", path)
+
+
 def main(argv=None) -> int:
-    return run_main(parse_args, train, argv)
+    import os
+    import sys
+
+    args = parse_args(argv)
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # relaunch this command under torchrun
+        import subprocess
+
+        return subprocess.call(parallel.torchrun_command(list(sys.argv[1:] if argv is None else argv), args.nproc))
+    return run_main(lambda _: args, train, argv)
 
 
 if __name__ == "__main__":
