@@ -87,7 +87,7 @@ and a sidecar NAME.json (frames/ -> frames.json) records prompt, seed, model, se
 post-processing, always in this order: contrast, brightness, saturation, temperature, LUT, sharpen, upscale,
 interpolate. Upscaled frames are limited to 4096 px per side."""
 
-GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "shift", "sampler", "schedule", "negative_prompt",
+GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "sampler", "schedule", "negative_prompt",
              "seed", "fps")
 DTYPES = ("float32", "bfloat16", "float16")
 POST_FLAGS = ("contrast", "brightness", "saturation", "temperature", "lut", "sharpen", "sharpen_radius", "upscale",
@@ -108,6 +108,8 @@ def add_generate(sub) -> None:
     p.add_argument("--width", type=_positive_int)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--guidance-2", type=_number,
+                   help="two-expert models (Wan 2.2 A14B): the low-noise expert's scale (default: the model's)")
     p.add_argument("--shift", type=_number, help="timestep shift of the sampling grid")
     p.add_argument("--sampler", help="euler, heun or unipc (default: the model's)")
     p.add_argument("--schedule", choices=["uniform", "diffusers", "wan"],
