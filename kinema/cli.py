@@ -355,6 +355,45 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="encode a video folder's latents and captions once, for kinema train --cache")
+    p.add_argument("data", help="folder of videos/images with sidecar .txt captions or a metadata.jsonl/.csv")
+    p.add_argument("--model", default="shapes", help="model whose VAE and text encoder encode (name or folder)")
+    p.add_argument("--out", required=True, help="cache folder (an interrupted run resumes where it stopped)")
+    p.add_argument("--frames", type=_positive_int, help="longest clip, 1 + 4k (default: the model's)")
+    p.add_argument("--size", type=_positive_int, help="side of the square bucket (default: the model's height)")
+    p.add_argument("--aspect-ratios", default="1", help="bucket aspect ratios W:H, comma-separated")
+    p.add_argument("--frame-buckets", help="allowed clip lengths, comma-separated (default: every 1 + 4k)")
+    p.add_argument("--fps", type=_number, help="resample clips to this frame rate (default: each file's own)")
+    p.add_argument("--clips-per-video", type=_positive_int, default=1, help="evenly spaced clips from each video")
+    p.add_argument("--shard-size", type=_positive_int, default=64, help="clips per shard")
+    p.add_argument("--batch", type=_positive_int, default=8, help="clips per VAE call")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_cache(args) -> int:
+    import kinema
+    from kinema.data.latent_cache import build_cache
+    from kinema.train.sources import video_config
+
+    pipe = kinema.load_pipeline(args.model, device=args.device)
+    args.frames, args.size = args.frames or pipe.defaults.frames, args.size or pipe.defaults.height
+    cfg = video_config(args, pipe.vae, pipe.dit.config.patch_size[1])
+    from tqdm import tqdm
+
+    bar = tqdm(desc="shards", unit="shard", disable=args.quiet, leave=False)
+
+    def progress(done, total):
+        bar.total = total
+        bar.update(1)
+    m = build_cache(args.data, pipe, args.out, cfg, args.clips_per_video, args.shard_size, args.batch, progress)
+    bar.close()
+    print(f"cached {m['clips']} clips in {len(m['shards'])} shards ({m['encoded_shards']} encoded, "
+          f"{m['reused_shards']} already there) to {args.out}; {len(m['skipped'])} files skipped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="kinema", description="Text-to-video with a causal video VAE and a flow-matching DiT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -363,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extend(sub)
     add_decode(sub)
     add_eval(sub)
+    add_cache(sub)
     sub.add_parser("models", help="list the built-in models")
     for name, help_ in (("train-vae", "train the video VAE on the shapes world"),
                         ("train", "train the DiT on cached latents")):
@@ -385,6 +425,8 @@ def dispatch(argv: list[str]) -> int:
         return cmd_extend(args)
     if args.command == "eval":
         return cmd_eval(args)
+    if args.command == "cache":
+        return cmd_cache(args)
     from kinema.pipelines.loading import builtin_models
 
     print("\n".join(builtin_models()))

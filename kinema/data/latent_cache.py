@@ -1,6 +1,6 @@
 """Latents and text embeddings of a video folder, encoded once into safetensors shards.
 
-    kinema cache data/ --model shapes --out cache/
+    kinema cache data/ --model shapes --out cache/        then: kinema train --cache cache/ --out runs/x
 
     cache/manifest.json                  settings, model, VAE config, shard list, counts, skipped files
     cache/empty.safetensors              the empty prompt's embedding (text dropout for classifier-free guidance)
@@ -119,17 +119,15 @@ def _check_existing(out: Path, settings: dict) -> None:
             raise ValueError(f"{out} holds a cache made with other settings; use another --out or delete it")
 
 
-def build_cache(data: str | Path, model: str, out: str | Path, cfg: VideoDataConfig, clips_per_video: int = 1,
-                shard_size: int = 64, batch: int = 8, device: str = "cpu", progress=None) -> dict:
-    """Encode a video folder into `out` (resumable); returns the manifest. `progress(done, total)` is optional."""
-    from kinema.pipelines.loading import load_pipeline
-
+def build_cache(data: str | Path, pipe, out: str | Path, cfg: VideoDataConfig, clips_per_video: int = 1,
+                shard_size: int = 64, batch: int = 8, progress=None) -> dict:
+    """Encode a video folder with a pipeline's VAE and text encoder into `out` (resumable); returns the manifest.
+    `progress(done, total)` is called after each shard."""
     data, out = Path(data), Path(out)
-    settings = cache_settings(data, model, cfg, clips_per_video, shard_size)
+    settings = cache_settings(data, pipe.source, cfg, clips_per_video, shard_size)
     out.mkdir(parents=True, exist_ok=True)
     _check_existing(out, settings)
     folder = VideoFolder(data, cfg)
-    pipe = load_pipeline(model, device=device)
     plan = plan_shards(folder, clips_per_video, shard_size)
     manifest = {"format": FORMAT, "version": VERSION, "settings": settings, "latents": "raw VAE posterior mean",
                 "vae": pipe.vae.config.to_dict(), "text_encoder": pipe.text_encoder.config.to_dict(),

@@ -135,15 +135,19 @@ def save_checkpoint(path: Path, model: nn.Module, ema: EMA, opt, step: int, np_r
 
 
 def resume(path: Path, model: nn.Module, ema: EMA, opt, np_rng: np.random.Generator,
-           gen: torch.Generator | None = None, on_load=None) -> int:
+           gen: torch.Generator | None = None, on_load=None, load_states=None) -> int:
     """Restore a checkpoint written by `save_checkpoint`; returns its step (0 when there is none).
-    `on_load(checkpoint)` restores whatever `extra` added."""
+    `on_load(checkpoint)` restores whatever `extra` added; `load_states(checkpoint)`, when given, loads the model,
+    EMA and optimizer states instead of plain `load_state_dict` (sharded models)."""
     if not path.exists():
         return 0
     ck = torch.load(path, weights_only=False, map_location="cpu")
-    model.load_state_dict(ck["model"])
-    ema.model.load_state_dict(ck["ema"])
-    opt.load_state_dict(ck["opt"])
+    if load_states is not None:
+        load_states(ck)
+    else:
+        model.load_state_dict(ck["model"])
+        ema.model.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["opt"])
     set_rng_state(ck["rng"], np_rng)
     if gen is not None:
         gen.set_state(ck["gen"])

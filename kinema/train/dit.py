@@ -78,12 +78,14 @@ def load_vae_checkpoint(path: str | Path) -> VideoVAE:
 
 
 @torch.no_grad()
-def build_pool(vae: VideoVAE, text: TextEncoder, n: int, seed: int, frames: int, size: int, batch: int = 64):
-    """Render n training clips, encode them; returns raw latent means (N, C, T', H', W'), caption ids, captions."""
+def build_pool(vae: VideoVAE, text: TextEncoder, n: int, seed: int, frames: int, size: int, batch: int = 64,
+               colours: tuple[str, ...] | None = None):
+    """Render n training clips (of `colours`, default the vocabulary), encode them; returns raw latent means
+    (N, C, T', H', W'), caption ids, captions."""
     rng = np.random.default_rng(seed)
     latents, captions = [], []
     for start in range(0, n, batch):
-        clips = [random_training_clip(rng, frames, size, size) for _ in range(min(batch, n - start))]
+        clips = [random_training_clip(rng, frames, size, size, colours) for _ in range(min(batch, n - start))]
         video = torch.from_numpy(np.stack([c.frames for c in clips])).float().div(127.5).sub(1)
         mean, _ = vae.encode_moments(video.permute(0, 4, 1, 2, 3), chunked=False)
         latents.append(mean)
@@ -118,6 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fraction of samples holding a clean prefix of latent frames (causal streaming); windows "
                         "that do not start at frame 0 always hold one")
     p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
+    p.add_argument("--shapes-colours", type=lambda s: tuple(c for c in s.split(",") if c),
+                   help="colours of the pool's clips, comma-separated (default: the vocabulary; extra: pink)")
+    p.add_argument("--keep-latent-stats", action="store_true",
+                   help="normalise the pool with the VAE's own latent statistics instead of measuring them on it "
+                        "(fine-tuning a trained model on a small pool)")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=4000)
@@ -148,9 +155,13 @@ def _prepare(args, out: Path):
     if pool_path.exists():
         pool = torch.load(pool_path, weights_only=False)
     else:
-        pool = build_pool(vae, TextEncoder(text_cfg), args.pool, args.seed + 1, args.frames, args.size)
+        pool = build_pool(vae, TextEncoder(text_cfg), args.pool, args.seed + 1, args.frames, args.size,
+                          colours=args.shapes_colours)
         atomic_save(pool, pool_path)
-    mean, std = latent_stats(pool["latents"])
+    if args.keep_latent_stats:
+        mean, std = vae.config.latents_mean, vae.config.latents_std
+    else:
+        mean, std = latent_stats(pool["latents"])
     cfg = VAEConfig.from_dict({**vae.config.to_dict(), "latents_mean": mean, "latents_std": std})
     vae_n = VideoVAE(cfg)
     vae_n.load_state_dict(vae.state_dict())
@@ -359,11 +370,16 @@ def train(args: argparse.Namespace, hooks: TrainHooks | None = None) -> Path:
     dit = build_dit(args, vae, text_cfg)
     if hooks.prepare is not None:
         hooks.prepare(dit)
-    model = parallel.wrap(dit.to(d.device), d, args.grad_checkpoint)
+    ema = EMA(dit.to(d.device), args.ema)
+    model = parallel.wrap(dit, d, args.grad_checkpoint, ema.model)
     opt = torch.optim.AdamW(trainable_parameters(dit), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
-    ema, g, ckpt_path = EMA(dit, args.ema), torch.Generator().manual_seed(args.seed), out / "checkpoint.pt"
+    g, ckpt_path = torch.Generator().manual_seed(args.seed), out / "checkpoint.pt"
     parallel.seed_rank(args.seed, d)
-    step = resume(ckpt_path, dit, ema, opt, np_rng, g, _restore(source, d)) if args.resume else 0
+    if args.resume:
+        load = (lambda ck: parallel.load_full_states(dit, ema, opt, ck)) if d.fsdp else None
+        step = resume(ckpt_path, dit, ema, opt, np_rng, g, _restore(source, d), load)
+    else:
+        step = 0
     state = {"dit": dit, "ema": ema, "opt": opt, "vae": vae, "text_cfg": text_cfg, "source": source, "g": g,
              "np_rng": np_rng, "pool": isinstance(source, sources.PoolSource)}
     run = run_log.RunLog(out, args, step, d.main)

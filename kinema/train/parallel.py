@@ -106,18 +106,26 @@ def checkpoint_blocks(dit: nn.Module) -> None:
         block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
 
 
-def wrap(dit: nn.Module, d: Dist, grad_checkpoint: bool = False) -> nn.Module:
-    """The module the training step calls: the DiT itself, in DDP, or sharded in place by FSDP2."""
+def shard(dit: nn.Module) -> None:
+    """FSDP2, in place: each block is one unit (gathered just for its own forward/backward), then the rest."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in dit.blocks:
+        fully_shard(block)
+    fully_shard(dit)
+
+
+def wrap(dit: nn.Module, d: Dist, grad_checkpoint: bool = False, ema_model: nn.Module | None = None) -> nn.Module:
+    """The module the training step calls: the DiT itself, in DDP, or sharded in place by FSDP2 (and then the EMA
+    copy is sharded the same way, so each rank averages its own shard)."""
     if grad_checkpoint:
         checkpoint_blocks(dit)
     if d.world == 1:
         return dit
     if d.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in dit.blocks:
-            fully_shard(block)
-        fully_shard(dit)
+        shard(dit)
+        if ema_model is not None:
+            shard(ema_model)
         return dit
     from torch.nn.parallel import DistributedDataParallel
 
