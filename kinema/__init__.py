@@ -8,13 +8,13 @@
 __version__ = "0.1.0"
 
 
-def load_pipeline(name_or_path="shapes", device="cpu", dtype=None):
+def load_pipeline(name_or_path="shapes", device="cpu", dtype=None, offload="auto"):
     """A pipeline with .text_encoder, .vae and .dit; see kinema.pipelines.loading.load_pipeline."""
     import torch
 
     from kinema.pipelines.loading import load_pipeline as _load
 
-    return _load(name_or_path, device=device, dtype=dtype or torch.float32)
+    return _load(name_or_path, device=device, dtype=dtype or torch.float32, offload=offload)
 
 
 __all__ = ["load_pipeline", "__version__"]

@@ -83,18 +83,26 @@ def _load_kinema(path: Path, device: torch.device, dtype: torch.dtype) -> TextTo
 
 
 def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> TextToVideoPipeline:
-    """A ready pipeline (with .text_encoder, .vae, .dit) from a built-in model name or a model folder."""
+                  dtype: torch.dtype = torch.float32, offload: str = "auto") -> TextToVideoPipeline:
+    """A ready pipeline (with .text_encoder, .vae, .dit) from a built-in model name or a model folder.
+    `offload`: "auto", "none", "model" or "sequential" (`kinema.pipelines.memory`; kinema-format models, which are
+    small, are only offloaded when asked)."""
+    from kinema.pipelines.memory import OFFLOAD_MODES, MemoryPlan, apply_plan
+
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     path = resolve_model_path(name_or_path)
     dev = pick_device(str(device))
     pipe = None
     if (path / "model.json").exists():
         pipe = _load_kinema(path, dev, dtype)
+        if offload not in ("auto", "none"):
+            apply_plan(pipe, MemoryPlan(offload, text_on_cpu=False, reason="asked for"), dev)
     else:
         from kinema.pipelines import wan  # Wan checkpoints: diffusers / original folders, single DiT files
 
         if wan.detect_layout(path) is not None:
-            pipe = wan.load_wan_pipeline(path, dev, dtype)
+            pipe = wan.load_wan_pipeline(path, dev, dtype, offload)
     if pipe is not None:
         builtin = path.parent == BUILTIN_DIR
         pipe.source = path.name if builtin else str(path.resolve())  # what load_pipeline needs to load it again

@@ -56,6 +56,7 @@ from kinema.convert.wan_checkpoints import (convert_original_vae, dit_config_fro
                                             dit_config_from_wan, strip_comfy_prefix, vae_config_from_state)
 from kinema.dit.model import DiT, DiTConfig
 from kinema.pipelines.loading import ModelError
+from kinema.pipelines.memory import plan_memory
 from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
 from kinema.pipelines.two_experts import TwoExpertPipeline
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
@@ -400,9 +401,10 @@ def _load_single(path: Path, dtype: torch.dtype):
     return [dit], vae, text, model_defaults(kind), kind, None
 
 
-def load_wan_pipeline(path: str | Path, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32) -> TextToVideoPipeline:
-    """A text-to-video pipeline from a Wan checkpoint in any of the three layouts (see the module docstring)."""
+def load_wan_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      offload: str = "auto") -> TextToVideoPipeline:
+    """A text-to-video pipeline from a Wan checkpoint in any of the three layouts (see the module docstring).
+    `offload`: a `kinema.pipelines.memory` plan ("auto": the fastest that fits the device's free memory)."""
     path = Path(path)
     layout = detect_layout(path)
     readers = {"diffusers": _load_diffusers, "original": _load_original, "single": _load_single}
@@ -411,12 +413,15 @@ def load_wan_pipeline(path: str | Path, device: str | torch.device = "cpu",
     dits, vae, text, defaults, kind, boundary = readers[layout](path, dtype)
     log.info("loaded a %s-layout Wan %s model from %s (DiT %s)", layout, kind, path, dits[0].config)
     device = torch.device(device)
-    dits = [dit_to(d, device, dtype) for d in dits]
-    parts = (TextEncoder(text, device, dtype), vae.to(device, dtype), dits[0])
+    dits = [dit_to(d, torch.device("cpu"), dtype) for d in dits]  # placed on the device by the memory plan
+    parts = (TextEncoder(text, device, dtype), vae.to(dtype), dits[0])
     name = path.stem if path.is_file() else path.name
     if len(dits) == 2:
-        return TwoExpertPipeline(*parts, dits[1], boundary, defaults, name, device)
-    return TextToVideoPipeline(*parts, defaults, name, device)
+        pipe = TwoExpertPipeline(*parts, dits[1], boundary, defaults, name, device)
+    else:
+        pipe = TextToVideoPipeline(*parts, defaults, name, device)
+    plan_memory(pipe, device, offload)
+    return pipe
 
 
 def dit_to(dit: DiT, device: torch.device, dtype: torch.dtype) -> DiT:
