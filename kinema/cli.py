@@ -125,7 +125,18 @@ def add_generate(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--dtype", choices=DTYPES,
                    help="weights and compute dtype (float32 default; bfloat16 for large Wan models on a GPU)")
+    p.add_argument("--offload", choices=["auto", "none", "model", "sequential"], default="auto",
+                   help="GPU memory plan: keep everything on the GPU, move whole models there in turn, or stream the "
+                        "DiT block by block (default auto: the fastest that fits the free memory)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stream", action="store_true",
+                   help="causal models: sample chunk by chunk and write frames as they are made (any length)")
+    p.add_argument("--window", type=_positive_int, default=4,
+                   help="--stream: past latent frames each chunk attends to (default 4)")
+    p.add_argument("--chunk", type=_positive_int, default=1, help="--stream: latent frames per chunk (default 1)")
+    p.add_argument("--lora", action="append", type=_lora_spec, metavar="FILE[:STRENGTH]",
+                   help="LoRA adapter .safetensors (kinema, diffusers or ComfyUI/musubi layout), strength default 1; "
+                        "repeat for several")
     add_post_flags(p)
 
 
@@ -142,6 +153,33 @@ def add_post_flags(p) -> None:
     g.add_argument("--upscale-method", choices=["lanczos", "bicubic"], help="default lanczos")
     g.add_argument("--interpolate", action=argparse.BooleanOptionalAction,
                    help="x2 frame rate: a blended frame between each pair (T -> 2T-1 frames, fps x 2)")
+
+
+def _lora_spec(s: str) -> tuple[str, float]:
+    """FILE or FILE:STRENGTH -> (FILE, strength); the strength defaults to 1."""
+    path, sep, tail = s.rpartition(":")
+    if sep and path:
+        try:
+            return path, _number(tail)
+        except argparse.ArgumentTypeError:
+            if path.endswith(".safetensors"):
+                raise argparse.ArgumentTypeError(f"bad LoRA strength {tail!r} in {s!r}") from None
+    return s, 1.0
+
+
+def _checked_loras(items, source: str | None) -> list[tuple[str, float]]:
+    """[(absolute path, strength)], each file present (checked before any model is loaded)."""
+    out = []
+    for item in items:
+        ok = isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], str) \
+            and isinstance(item[1], (int, float)) and not isinstance(item[1], bool)
+        if not ok:
+            raise ValueError(f"run file {source}: bad lora entry {item!r}")
+        path = Path(item[0]).expanduser()
+        if not path.is_file():
+            raise UsageError(f"LoRA file {item[0]} does not exist")
+        out.append((str(path.resolve()), float(item[1])))
+    return out
 
 
 def _crf(s: str) -> int:
@@ -195,10 +233,11 @@ def resolve_run(args) -> dict:
     codec = args.codec or recorded.get("codec") or "h264"
     crf = args.crf if args.crf is not None else recorded.get("crf", 18)
     dtype = args.dtype or run.get("dtype") or "float32"
+    loras = _checked_loras(args.lora if args.lora is not None else run.get("lora") or [], args.from_run)
     if codec not in ("h264", "h265") or type(crf) is not int or not 0 <= crf <= 51 or dtype not in DTYPES:
         raise ValueError(f"run file {args.from_run}: bad codec {codec!r}, crf {crf!r} or dtype {dtype!r}")
     return {"prompt": prompt, "model": model, "settings": settings, "post": post, **images, "dtype": dtype,
-            "codec": codec, "crf": crf}
+            "codec": codec, "crf": crf, "lora": loras}
 
 
 def check_output(raw: str, mp4_flag: str | None = None) -> tuple[Path, str]:
@@ -255,20 +294,56 @@ def cmd_generate(args) -> int:
     t0 = time.perf_counter()
     import torch
 
-    pipe = kinema.load_pipeline(run["model"], device=args.device, dtype=getattr(torch, run["dtype"]))
+    pipe = kinema.load_pipeline(run["model"], device=args.device, dtype=getattr(torch, run["dtype"]),
+                                offload=args.offload)
+    for path, strength in run["lora"]:
+        pipe.load_lora(path, strength)
     s = pipe.settings(**run["settings"])  # validate before loading the text encoder
     check_upscale(s.height, s.width, post.upscale)
+    sidecar = {"prompt": run["prompt"], "seed": s.seed, "model": run["model"], "model_name": pipe.name,
+               "settings": s.to_dict(), "post": post.to_dict(), "image": run["image"],
+               "last_image": run["last_image"], "dtype": run["dtype"], "lora": run["lora"],
+               "kinema_version": kinema.__version__}
+    if args.stream:
+        video = generate_streamed(pipe, run, s, args, post, lut, images, sidecar)
+        print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
+        return 0
     bar, progress = progress_bar(args.quiet)
     video = pipe(run["prompt"], callback=progress, save_latents=args.save_latents, **images, **s.to_dict())
     bar.close()
     video = postprocess(video, post, lut)
-    sidecar = {"prompt": run["prompt"], "seed": s.seed, "model": run["model"], "model_name": pipe.name,
-               "settings": s.to_dict(), "post": post.to_dict(), "image": run["image"],
-               "last_image": run["last_image"], "dtype": run["dtype"], "kinema_version": kinema.__version__}
     save_output(video, raw_out, codec=run["codec"], crf=run["crf"], run=sidecar)
     print(f"wrote {out}{os.sep if kind == 'frames' else ''} ({video.num_frames} frames, {video.fps:g} fps) "
           f"in {time.perf_counter() - t0:.1f}s")
     return 0
+
+
+def generate_streamed(pipe, run, s, args, post, lut, images, sidecar):
+    """--stream: each latent chunk is sampled, decoded, post-processed and encoded into the MP4 as it comes; the
+    MP4 and its sidecar appear when the video is complete. Returns the whole video as written (for the summary)."""
+    import numpy as np
+
+    from kinema.pipelines.stream import stream_video
+    from kinema.video.export import sidecar_path, sidecar_text
+    from kinema.video.io import Mp4Writer, Video, atomic_file
+    from kinema.video.post import postprocess
+
+    if post.interpolate or images.get("last_image") is not None or args.save_latents:
+        raise UsageError("--stream cannot interpolate frames, take a --last-image or save latents: drop one")
+    path = args.output or "out.mp4"
+    if Path(path).suffix.lower() != ".mp4":
+        raise UsageError("--stream writes an .mp4 file")
+    t0, pieces = time.perf_counter(), []
+    with atomic_file(sidecar_path(path)) as side, Mp4Writer(path, s.fps, run["codec"], run["crf"], sidecar) as mp4:
+        for frames in stream_video(pipe, [run["prompt"]], [s.seed], images.get("image"), args.chunk, args.window,
+                                   **s.to_dict()):
+            pieces.append(postprocess(Video.from_tensor(frames[0], s.fps), post, lut).frames)
+            mp4.write(pieces[-1])
+            if len(pieces) == 1 and not args.quiet:
+                print(f"first frame after {time.perf_counter() - t0:.2f}s", flush=True)
+        video = Video(np.concatenate(pieces), s.fps, sidecar)
+        Path(side).write_text(sidecar_text(path, s.fps, video.frames.shape[:3], run["codec"], run["crf"], sidecar))
+    return video
 
 
 def add_extend(sub) -> None:
@@ -346,11 +421,17 @@ def add_eval(sub) -> None:
     p.add_argument("--vae-recon", action="store_true",
                    help="also judge VAE reconstructions of real clips of the same prompts (the VAE's ceiling)")
     p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--lora", action="append", type=_lora_spec, metavar="FILE[:STRENGTH]",
+                   help="evaluate with this LoRA adapter loaded (repeat for several)")
+    p.add_argument("--judge-colours", type=lambda s: tuple(c for c in s.split(",") if c), default=(),
+                   metavar="NAMES", help="extra colours the judge may answer, e.g. pink (those the prompts name are "
+                                         "added)")
 
 
 def cmd_eval(args) -> int:
     from kinema.eval.run import run_eval
 
+    args.lora = _checked_loras(args.lora or [], None)
     print(run_eval(args)[1])
     return 0
 
@@ -404,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(sub)
     add_cache(sub)
     sub.add_parser("models", help="list the built-in models")
+    sub.add_parser("lora", help="LoRA fine-tuning of the DiT: kinema lora train --help", add_help=False)
     for name, help_ in (("train-vae", "train the video VAE on the shapes world"),
                         ("train", "train the DiT on cached latents")):
         sub.add_parser(name, help=help_, add_help=False)
@@ -411,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "lora":  # `kinema lora train ...` owns its flags
+        from kinema.train import lora
+
+        return lora.main(argv[1:])
     if argv and argv[0] in ("train-vae", "train"):  # these own their flags
         from kinema.train import dit, vae
 

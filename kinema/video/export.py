@@ -129,18 +129,23 @@ def save_output(video: Video, path: str | os.PathLike, codec: str = "h264", crf:
     renamed into place only after the video is written, so a failure leaves neither."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}")
-    kind = output_kind(path)
-    out = {"path": str(Path(path).resolve()), "format": kind, "fps": video.fps, "frames": video.num_frames,
-           "height": int(video.frames.shape[1]), "width": int(video.frames.shape[2])}
-    if kind == "mp4":
-        out.update(codec=codec, crf=crf)
-    doc = {"kinema_run": RUN_FORMAT, **(run or {}), "output": out}
-    text = json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n"
-    side = sidecar_path(path)
-    with atomic_file(side) as tmp:
+    text = sidecar_text(path, video.fps, video.frames.shape[:3], codec, crf, run)
+    with atomic_file(sidecar_path(path)) as tmp:
         Path(tmp).write_text(text)
         write_output(path, video, codec, crf)
     return Path(path)
+
+
+def sidecar_text(path: str | os.PathLike, fps: float, shape: tuple[int, int, int], codec: str, crf: int,
+                 run: dict | None) -> str:
+    """The sidecar JSON of an output of `shape` (frames, height, width): the run, plus what was written."""
+    kind = output_kind(path)
+    out = {"path": str(Path(path).resolve()), "format": kind, "fps": fps, "frames": int(shape[0]),
+           "height": int(shape[1]), "width": int(shape[2])}
+    if kind == "mp4":
+        out.update(codec=codec, crf=crf)
+    return json.dumps({"kinema_run": RUN_FORMAT, **(run or {}), "output": out}, indent=2, sort_keys=True,
+                      default=str) + "\n"
 
 
 def read_run(path: str | os.PathLike) -> dict:

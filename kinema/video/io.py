@@ -61,37 +61,75 @@ def atomic_file(path: str | Path):
         raise
 
 
+class Mp4Writer:
+    """Encodes frames to an MP4 (yuv420p) as they come (streaming generation); the file appears at `path` only
+    when it is complete (temp file, then rename on close), and not at all if writing fails.
+
+        with Mp4Writer(path, fps=8) as out:
+            for frames in pieces:   # (T, H, W, 3) uint8
+                out.write(frames)
+    """
+
+    def __init__(self, path: str | Path, fps: float, codec: str = "h264", crf: int = 18,
+                 metadata: dict | None = None):
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}")
+        self.path, self.fps, self.codec, self.crf = Path(path), fps, codec, crf
+        self.metadata, self.container, self.stream, self.frames = metadata or {}, None, None, 0
+        fd, self.tmp = _atomic_target(self.path)
+        os.close(fd)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.close(ok=kind is None)
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        self.container = av.open(self.tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags"})
+        for k, v in self.metadata.items():
+            self.container.metadata[str(k)] = str(v)
+        stream = self.container.add_stream(CODECS[self.codec], rate=_fps_fraction(self.fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(self.crf)}
+        if self.codec == "h265":
+            stream.codec_tag = "hvc1"  # Apple players open hvc1-tagged HEVC only
+            # x265's SIMD code corrupts the heap on some narrow frames (seen at widths 40 and 48: abort);
+            # frames that small encode in no time without it
+            stream.options["x265-params"] = "log-level=error" + (":asm=0" if width < 64 else "")
+        self.stream = stream
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encode frames (T, H, W, 3) uint8."""
+        import av
+
+        if self.container is None:
+            self._open(frames.shape[1], frames.shape[2])
+        for frame in frames:
+            self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                                             format="rgb24")))
+        self.frames += len(frames)
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            if self.container is not None:
+                if ok:
+                    self.container.mux(self.stream.encode())
+                self.container.close()
+            if ok and self.frames:
+                os.replace(self.tmp, self.path)
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
+
+
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float, codec: str = "h264", crf: int = 18,
               metadata: dict | None = None) -> Path:
     """Encode frames (T, H, W, 3) uint8 to an MP4 (yuv420p) at `path`, atomically (temp file, then rename)."""
-    import av
-
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec!r}; choose from {sorted(CODECS)}")
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4", options={"movflags": "use_metadata_tags"}) as container:
-            for k, v in (metadata or {}).items():
-                container.metadata[str(k)] = str(v)
-            stream = container.add_stream(CODECS[codec], rate=_fps_fraction(fps))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            if codec == "h265":
-                stream.codec_tag = "hvc1"  # Apple players open hvc1-tagged HEVC only
-                # x265's SIMD code corrupts the heap on some narrow frames (seen at widths 40 and 48: abort);
-                # frames that small encode in no time without it
-                stream.options["x265-params"] = "log-level=error" + (":asm=0" if frames.shape[2] < 64 else "")
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with Mp4Writer(path, fps, codec, crf, metadata) as out:
+        out.write(frames)
+    return Path(path)
 
 
 def _fps_fraction(fps: float):

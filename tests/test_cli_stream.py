@@ -1,0 +1,62 @@
+"""`kinema generate --stream`: a causal model writes its frames chunk by chunk into one MP4."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from kinema.cli import main
+from kinema.dit.model import DiT
+from kinema.pipelines.loading import load_pipeline, save_model
+from kinema.video.io import read_video
+
+
+@pytest.fixture(scope="module")
+def causal_model_dir(tiny_model_dir, tmp_path_factory):
+    pipe = load_pipeline(tiny_model_dir)
+    dit = DiT(replace(pipe.dit.config, attention="causal"))
+    dit.load_state_dict(pipe.dit.state_dict())
+    return save_model(tmp_path_factory.mktemp("causal") / "m", pipe.text_encoder.config, pipe.vae, dit,
+                      pipe.defaults, name="tiny-causal")
+
+
+def test_stream_writes_the_whole_video_and_its_sidecar(causal_model_dir, tmp_path, capsys):
+    out = tmp_path / "long.mp4"
+    code = main(["generate", "a red circle bouncing left and right", "--model", str(causal_model_dir), "--stream",
+                 "--frames", "41", "--window", "2", "--steps", "2", "-o", str(out), "--contrast", "1.2"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "first frame after" in stdout and "41 frames" in stdout
+    video = read_video(out)
+    assert video.frames.shape[0] == 41 and abs(video.fps - 8) < 1e-6
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["output"]["frames"] == 41 and side["prompt"].startswith("a red circle")
+
+
+def test_stream_equals_the_joint_video_when_the_model_is_causal(causal_model_dir, tmp_path, capsys):
+    """Clean-past streaming without a window vs the same with a window covering the whole clip: same frames."""
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    for path, window in ((a, "2"), (b, "8")):
+        assert main(["generate", "a blue square", "--model", str(causal_model_dir), "--stream", "--frames", "9",
+                     "--window", window, "--steps", "2", "--quiet", "-o", str(path)]) == 0
+    fa, fb = read_video(a).frames.astype(int), read_video(b).frames.astype(int)
+    assert np.abs(fa - fb).mean() < 2  # 9 frames = 3 latent frames: a window of 2 already holds all the past
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-o", "x.gif"], "writes an .mp4"),
+    (["--interpolate"], "cannot interpolate"),
+])
+def test_stream_refusals_are_one_line(causal_model_dir, tmp_path, capsys, args, needle):
+    argv = ["generate", "a red circle", "--model", str(causal_model_dir), "--stream", "--steps", "1"]
+    if "-o" not in args:
+        argv += ["-o", str(tmp_path / "x.mp4")]
+    code = main(argv + [a if a != "x.gif" else str(tmp_path / "x.gif") for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_stream_needs_a_causal_model(tiny_model_dir, tmp_path, capsys):
+    code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--stream", "-o", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert code != 0 and "causal model" in err and "Traceback" not in err
