@@ -300,6 +300,17 @@ def remove_lora(model: nn.Module, name: str | None = None) -> None:
             setattr(model.get_submodule(parent_path), child, layer.base_linear())
 
 
+def fold_lora(model: nn.Module) -> nn.Module:
+    """Bake every adapter into the weights for good (at its strength) and make the layers plain nn.Linear again:
+    a standalone model with the base state dict's keys. There is no unmerge afterwards."""
+    for name in adapter_names(model):
+        merge_lora(model, name)
+    for path, layer in lora_layers(model).items():
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path), child, layer.base_linear())
+    return model
+
+
 def adapter_weights(model: nn.Module, name: str) -> dict[str, LoRATensors]:
     """Layer path -> the adapter's tensors (detached, fp32, CPU)."""
     out = {}
@@ -317,20 +328,26 @@ def adapter_weights(model: nn.Module, name: str) -> dict[str, LoRATensors]:
 def save_lora(path: str | os.PathLike, model: nn.Module, name: str, config: LoRAConfig,
               extra_metadata: dict[str, str] | None = None) -> Path:
     """Write adapter `name` as safetensors (ComfyUI layout, original Wan names), atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
     tensors = {}
     for layer, w in adapter_weights(model, name).items():
         tensors[f"diffusion_model.{layer}.lora_down.weight"] = w.down.contiguous()
         tensors[f"diffusion_model.{layer}.lora_up.weight"] = w.up.contiguous()
         tensors[f"diffusion_model.{layer}.alpha"] = torch.tensor(w.alpha, dtype=torch.float32)
     metadata = {"format": FILE_FORMAT, **config.to_metadata(), **(extra_metadata or {})}
+    return atomic_save_safetensors(tensors, path, metadata)
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """safetensors to a temp file in the same folder, then rename: a reader never sees a partial file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -156,6 +156,21 @@ class TextToVideoPipeline:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(next(self.vae.parameters()).dtype)).float()
 
+    # ---- LoRA adapters ------------------------------------------------------------------------------------------
+    def load_lora(self, path, strength: float = 1.0, name: str | None = None) -> str:
+        """Add a LoRA file (kinema, diffusers/peft or ComfyUI/musubi layout) to the DiT with this strength; several
+        can be loaded. Returns the adapter's name (for `unload_lora`, or kinema.dit.lora.set_strength / merge_lora
+        on `pipe.dit`)."""
+        from kinema.dit.lora import load_lora
+
+        return load_lora(self.dit, path, strength, name)
+
+    def unload_lora(self, name: str | None = None) -> None:
+        """Remove LoRA adapter `name` (default: all of them); the DiT is the original model again."""
+        from kinema.dit.lora import remove_lora
+
+        remove_lora(self.dit, name)
+
     # ---- the whole call -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[str], callback=None, seeds: list[int] | None = None, image=None,
