@@ -25,6 +25,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 140, 30),
     "white": (240, 240, 240),
 }
+# Colours outside the spec's vocabulary, for experiments only (teaching a trained model an unseen colour with a
+# LoRA). A Scene may name them, but nothing draws them unless asked (`colours=`): never in the default training data.
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "pink": (240, 110, 180),
+}
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (10, 10, 10),
     "gray": (128, 128, 128),
@@ -54,7 +59,7 @@ SHAPE_SYNONYMS = {
     "square": ("square", "box", "block"),
     "triangle": ("triangle", "triangular shape"),
 }
-COLOUR_SYNONYMS = {c: (c, f"{c}-coloured") for c in COLOURS}
+COLOUR_SYNONYMS = {c: (c, f"{c}-coloured") for c in (*COLOURS, *EXTRA_COLOURS)}
 BACKGROUND_SYNONYMS = {b: (b, f"plain {b}") for b in BACKGROUNDS}
 TEMPLATES = (
     "a {colour} {shape} {motion} on a {background} background",
@@ -75,7 +80,7 @@ class Scene:
     background: str
 
     def __post_init__(self):
-        if self.colour not in COLOURS or self.shape not in SHAPES:
+        if (self.colour not in COLOURS and self.colour not in EXTRA_COLOURS) or self.shape not in SHAPES:
             raise ValueError(f"unknown colour/shape {self.colour!r}/{self.shape!r}")
         if self.motion not in MOTIONS or self.background not in BACKGROUNDS:
             raise ValueError(f"unknown motion/background {self.motion!r}/{self.background!r}")
@@ -220,17 +225,22 @@ def render_clip(
     side = rng.uniform(0.30, 0.40) * min(height, width)
     centres, sizes = _trajectory(scene.motion, frames, side, height, width, rng)
     coverage = _coverage(scene.shape, centres, sizes, height, width)
-    fg = np.asarray(COLOURS[scene.colour], np.float32)
+    fg = np.asarray(COLOURS.get(scene.colour) or EXTRA_COLOURS[scene.colour], np.float32)
     bg = np.asarray(BACKGROUNDS[scene.background], np.float32)
     pixels = bg + coverage[..., None] * (fg - bg)  # (T, H, W, 3)
     frames_u8 = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return Clip(frames_u8, coverage, centres, sizes, scene, caption or scene.canonical_caption())
 
 
-def random_training_scene(rng: np.random.Generator) -> Scene:
-    """A uniformly drawn scene that is not held out (and not white on white)."""
+def random_training_scene(rng: np.random.Generator, colours: tuple[str, ...] | None = None) -> Scene:
+    """A uniformly drawn scene that is not held out (and not white on white); `colours` (default: the vocabulary)
+    are the colours to draw from, extra colours included."""
+    names = tuple(colours) if colours else tuple(COLOURS)
+    unknown = [c for c in names if c not in COLOURS and c not in EXTRA_COLOURS]
+    if unknown:
+        raise ValueError(f"unknown colours {unknown}; known: {[*COLOURS, *EXTRA_COLOURS]}")
     while True:
-        colour = list(COLOURS)[rng.integers(len(COLOURS))]
+        colour = names[rng.integers(len(names))]
         shape = SHAPES[rng.integers(len(SHAPES))]
         background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
         if (colour, shape) in HELD_OUT or (colour == "white" and background == "white"):
@@ -238,7 +248,8 @@ def random_training_scene(rng: np.random.Generator) -> Scene:
         return Scene(colour, shape, MOTIONS[rng.integers(len(MOTIONS))], background)
 
 
-def random_training_clip(rng: np.random.Generator, frames: int = 17, height: int = 64, width: int = 64) -> Clip:
+def random_training_clip(rng: np.random.Generator, frames: int = 17, height: int = 64, width: int = 64,
+                         colours: tuple[str, ...] | None = None) -> Clip:
     """A training clip with a randomly phrased caption; held-out pairs are never produced."""
-    scene = random_training_scene(rng)
+    scene = random_training_scene(rng, colours)
     return render_clip(scene, rng, frames, height, width, caption=random_caption(scene, rng))

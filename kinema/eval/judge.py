@@ -52,8 +52,9 @@ class Judgement:
     masks: np.ndarray           # (T, H, W) bool: the object's pixels (half-contrast threshold)
 
 
-def judge_clip(frames: np.ndarray) -> Judgement:
-    """Judge a (T, H, W, 3) uint8 clip."""
+def judge_clip(frames: np.ndarray, extra_colours: dict[str, tuple[int, int, int]] | None = None) -> Judgement:
+    """Judge a (T, H, W, 3) uint8 clip. `extra_colours` (name -> RGB) are colours the judge may also answer,
+    beyond the spec's vocabulary (e.g. kinema.data.shapes.EXTRA_COLOURS for a LoRA taught an unseen colour)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"expected (T, H, W, 3) frames, got shape {frames.shape}")
@@ -85,7 +86,8 @@ def judge_clip(frames: np.ndarray) -> Judgement:
     background = _nearest(np.median(bg, axis=0), BACKGROUNDS, _MAX_BG_DIST)
     colour = shape = None
     if found.any() and found.mean() >= _MIN_FOUND:
-        colour = _classify_colour(np.median(rgb[found], axis=0), np.median(bg[found], axis=0))
+        colour = _classify_colour(np.median(rgb[found], axis=0), np.median(bg[found], axis=0),
+                                  {**COLOURS, **(extra_colours or {})})
         shape = _vote(_shapes(geo["fill"], geo["skew"])[found])
     motion = _motion(found, centres, sizes, height, width)
     return Judgement(colour, shape, motion, background, found, centres, sizes, rgb, bg.astype(np.float64), inside,
@@ -261,10 +263,10 @@ def _nearest(rgb: np.ndarray, palette: dict[str, tuple[int, int, int]], max_dist
     return names[i] if d[i] <= max_dist else None
 
 
-def _classify_colour(rgb: np.ndarray, bg: np.ndarray) -> str | None:
-    """Nearest vocabulary colour, each allowed to be blended up to 30 % towards the measured background."""
+def _classify_colour(rgb: np.ndarray, bg: np.ndarray, palette: dict[str, tuple[int, int, int]]) -> str | None:
+    """Nearest palette colour, each allowed to be blended up to 30 % towards the measured background."""
     best, best_d = None, np.inf
-    for name, ref in COLOURS.items():
+    for name, ref in palette.items():
         d = np.asarray(ref, np.float64) - bg
         a = np.clip(((rgb - bg) @ d) / max(float(d @ d), 1e-9), _BLEND_MIN, 1.0)
         dist = float(np.linalg.norm(rgb - (bg + a * d)))

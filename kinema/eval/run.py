@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kinema.data.shapes import Scene, parse_canonical, render_clip
+from kinema.data.shapes import COLOURS, EXTRA_COLOURS, Scene, parse_canonical, render_clip
 from kinema.eval.judge import consistency, judge_clip, motion_matches
 from kinema.eval.vae import reconstruction_psnr
 
@@ -47,9 +47,9 @@ def load_prompts(path: str | Path) -> list[tuple[str, Scene]]:
     return out
 
 
-def judge_row(frames: np.ndarray, scene: Scene) -> dict:
+def judge_row(frames: np.ndarray, scene: Scene, extra_colours: dict | None = None) -> dict:
     """What the judge sees in one video, and whether each attribute matches the scene."""
-    j = judge_clip(frames)
+    j = judge_clip(frames, extra_colours)
     row = {"held_out": scene.held_out, "asked": scene.__dict__.copy(),
            "seen": {a: getattr(j, a) for a in ATTRIBUTES}}
     row.update({a: getattr(j, a) == getattr(scene, a) for a in ("colour", "shape", "background")})
@@ -126,12 +126,26 @@ def generate_from_images(pipe, prompts: list[str], scenes: list[Scene], seeds: i
     return videos, psnrs
 
 
+def judge_colours(scenes: list[Scene], names=()) -> dict[str, tuple[int, int, int]]:
+    """The extra colours the judge must know: those the prompts ask for, and `names`."""
+    asked = [s.colour for s in scenes if s.colour not in COLOURS]
+    unknown = [n for n in names if n not in EXTRA_COLOURS and n not in COLOURS]
+    if unknown:
+        raise ValueError(f"unknown judge colours {unknown}; extra colours: {list(EXTRA_COLOURS)}")
+    return {n: EXTRA_COLOURS[n] for n in (*asked, *names) if n in EXTRA_COLOURS}
+
+
 def run_eval(args) -> tuple[dict, str]:
-    """Generate and judge the prompt list; returns the results and a markdown report."""
+    """Generate and judge the prompt list; returns the results and a markdown report.
+    `args.lora` (optional): [(file, strength)] adapters loaded on the DiT; `args.judge_colours` (optional): extra
+    colour names the judge may answer (colours the prompts ask for are added)."""
     import kinema
 
     prompts = load_prompts(args.prompts)
     pipe = kinema.load_pipeline(args.model, device=args.device)
+    loras = [(str(path), float(strength)) for path, strength in getattr(args, "lora", None) or []]
+    for path, strength in loras:
+        pipe.load_lora(path, strength)
     settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     s = pipe.settings(**settings)
     texts, scenes = [p for p, _ in prompts], [sc for _, sc in prompts]
@@ -140,10 +154,12 @@ def run_eval(args) -> tuple[dict, str]:
         videos, first_psnr = generate_from_images(pipe, texts, scenes, args.seeds, **settings)
     else:
         videos = generate_all(pipe, texts, args.seeds, args.batch, **settings)
-    rows = [judge_row(v, sc) for v, sc in zip(videos, scenes * args.seeds)]
+    extra = judge_colours(scenes, getattr(args, "judge_colours", None) or ())
+    rows = [judge_row(v, sc, extra) for v, sc in zip(videos, scenes * args.seeds)]
     result = {"model": str(args.model), "mode": mode, "settings": s.to_dict(), "seeds": args.seeds,
-              "generated": summarise(rows)}
-    title = f"{mode} ({args.model}, {s.steps} steps, guidance {s.guidance})"
+              "lora": loras, "generated": summarise(rows)}
+    with_lora = "".join(f" + LoRA {Path(path).name}:{strength:g}" for path, strength in loras)
+    title = f"{mode} ({args.model}{with_lora}, {s.steps} steps, guidance {s.guidance})"
     report = [format_table(result["generated"], title)]
     if mode == "image-to-video":
         result["first_frame_psnr"] = {"mean": float(np.mean(first_psnr)), "min": float(np.min(first_psnr))}
@@ -151,7 +167,7 @@ def run_eval(args) -> tuple[dict, str]:
                       f"{np.min(first_psnr):.2f} dB min")
     if args.vae_recon:
         recon = reconstruct_all(pipe.vae, scenes, args.seeds, s.frames, s.height)
-        result["vae_recon"] = summarise([judge_row(v, sc) for v, sc in zip(recon, scenes * args.seeds)])
+        result["vae_recon"] = summarise([judge_row(v, sc, extra) for v, sc in zip(recon, scenes * args.seeds)])
         report.append(format_table(result["vae_recon"], "VAE reconstructions of real clips (ceiling)"))
         r = result["vae_psnr_held_out"] = reconstruction_psnr(pipe.vae, n=48, frames=s.frames, size=s.height)
         report.append(f"VAE reconstruction PSNR on 48 held-out clips: {r['psnr_mean']:.2f} dB "

@@ -89,3 +89,18 @@ def test_bad_sizes():
         render_clip(Scene("red", "circle", "still", "black"), rng, frames=6)
     with pytest.raises(ValueError):
         render_clip(Scene("red", "circle", "still", "black"), rng, height=50)
+
+
+def test_extra_colours_are_drawn_only_when_asked():
+    from kinema.data.shapes import EXTRA_COLOURS
+
+    rng = np.random.default_rng(3)
+    default = {random_training_clip(rng, 1, 16, 16).scene.colour for _ in range(500)}
+    assert default == set(COLOURS)  # pink is never in the default training data
+    pink = [random_training_clip(rng, 5, 32, 32, colours=("pink",)) for _ in range(20)]
+    assert {c.scene.colour for c in pink} == {"pink"} and all("pink" in c.caption for c in pink)
+    core = pink[0].frames[0][pink[0].coverage[0] > 0.999]
+    assert (core == EXTRA_COLOURS["pink"]).all() and EXTRA_COLOURS["pink"] == (240, 110, 180)
+    assert parse_canonical("a pink circle growing on a gray background") == Scene("pink", "circle", "grow", "gray")
+    with pytest.raises(ValueError, match="unknown colours"):
+        random_training_clip(rng, colours=("magenta",))

@@ -167,3 +167,13 @@ def test_single_frame_and_bad_input():
     assert (j.colour, j.shape, j.background, j.motion) == ("yellow", "circle", "white", None)
     with pytest.raises(ValueError):
         judge_clip(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_the_judge_answers_an_extra_colour_only_when_told():
+    from kinema.data.shapes import EXTRA_COLOURS
+
+    clip = render_clip(Scene("pink", "square", "still", "gray"), np.random.default_rng(0), 9, 32, 32)
+    assert judge_clip(clip.frames).colour is None  # pink is far from every vocabulary colour
+    assert judge_clip(clip.frames, EXTRA_COLOURS).colour == "pink"
+    red = render_clip(Scene("red", "square", "still", "gray"), np.random.default_rng(0), 9, 32, 32)
+    assert judge_clip(red.frames, EXTRA_COLOURS).colour == "red"
