@@ -26,9 +26,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from einops import rearrange
 
 from kinema.data.buckets import rank_slice
-from kinema.data.shapes import random_training_clip
+from kinema.data.shapes import random_caption, random_training_clip, random_training_scene, render_clip
 from kinema.dit.model import DiT, DiTConfig
 from kinema.flow.convention import TIMESTEP_SCALE, add_noise, velocity_target
 from kinema.flow.schedule import logit_normal_times
@@ -77,15 +78,36 @@ def load_vae_checkpoint(path: str | Path) -> VideoVAE:
     return vae.eval().requires_grad_(False)
 
 
+def random_bounce_clip(rng: np.random.Generator, frames: int, height: int, width: int, colours=None):
+    """A training clip whose motion is `bounce` (the one motion that goes on forever: long-video training)."""
+    scene = replace(random_training_scene(rng, colours), motion="bounce")
+    return render_clip(scene, rng, frames, height, width, caption=random_caption(scene, rng))
+
+
+def add_long_windows(pool: dict, long_pool: dict) -> dict:
+    """The pool plus every window of its clip length from the long pool's clips; `starts` (N,) says where each
+    sample begins in its clip (a window that starts inside a clip continues a video: it trains with a clean prefix)."""
+    n, k = pool["latents"].shape[2], long_pool["latents"].shape[2] - pool["latents"].shape[2] + 1
+    windows = long_pool["latents"].unfold(2, n, 1)                                   # (N, C, K, H, W, n)
+    windows = rearrange(windows, "b c k h w n -> (b k) c n h w")
+    ids = long_pool["caption_ids"].repeat_interleave(k) + len(pool["text"])
+    starts = torch.arange(k).repeat(len(long_pool["latents"]))
+    return {**pool, "latents": torch.cat([pool["latents"], windows]),
+            "caption_ids": torch.cat([pool["caption_ids"], ids]),
+            "text": torch.cat([pool["text"], long_pool["text"]]),
+            "captions": pool["captions"] + long_pool["captions"],
+            "starts": torch.cat([torch.zeros(len(pool["latents"]), dtype=torch.long), starts])}
+
+
 @torch.no_grad()
 def build_pool(vae: VideoVAE, text: TextEncoder, n: int, seed: int, frames: int, size: int, batch: int = 64,
-               colours: tuple[str, ...] | None = None):
-    """Render n training clips (of `colours`, default the vocabulary), encode them; returns raw latent means
-    (N, C, T', H', W'), caption ids, captions."""
+               colours: tuple[str, ...] | None = None, clip_fn=random_training_clip):
+    """Render n training clips (`clip_fn`, of `colours`, default the vocabulary), encode them; returns raw latent
+    means (N, C, T', H', W'), caption ids, captions."""
     rng = np.random.default_rng(seed)
     latents, captions = [], []
     for start in range(0, n, batch):
-        clips = [random_training_clip(rng, frames, size, size, colours) for _ in range(min(batch, n - start))]
+        clips = [clip_fn(rng, frames, size, size, colours) for _ in range(min(batch, n - start))]
         video = torch.from_numpy(np.stack([c.frames for c in clips])).float().div(127.5).sub(1)
         mean, _ = vae.encode_moments(video.permute(0, 4, 1, 2, 3), chunked=False)
         latents.append(mean)
@@ -116,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temporal-conv", action="store_true", help="factorised: add the depthwise temporal conv")
     p.add_argument("--window", type=int, default=0,
                    help="latent frames per training sample, cropped at random from the pool's longer clips (0: all)")
+    p.add_argument("--long-pool", type=int, default=0,
+                   help="bounce clips of 2 x --frames - 1 frames, all their windows of --frames added to the pool "
+                        "(long-video training for causal streaming)")
     p.add_argument("--prefix-frac", type=float, default=0.0,
                    help="fraction of samples holding a clean prefix of latent frames (causal streaming); windows "
                         "that do not start at frame 0 always hold one")
@@ -151,13 +176,8 @@ def _prepare(args, out: Path):
     """Frozen VAE (with latent statistics), the cached pool (normalised latents), and the text config."""
     text_cfg = TextEncoderConfig()
     vae = load_vae_checkpoint(args.vae)
-    pool_path = out / "pool.pt"
-    if pool_path.exists():
-        pool = torch.load(pool_path, weights_only=False)
-    else:
-        pool = build_pool(vae, TextEncoder(text_cfg), args.pool, args.seed + 1, args.frames, args.size,
-                          colours=args.shapes_colours)
-        atomic_save(pool, pool_path)
+    pool = _cached_pool(out / "pool.pt", lambda: build_pool(vae, TextEncoder(text_cfg), args.pool, args.seed + 1,
+                                                           args.frames, args.size, colours=args.shapes_colours))
     if args.keep_latent_stats:
         mean, std = vae.config.latents_mean, vae.config.latents_std
     else:
@@ -166,7 +186,20 @@ def _prepare(args, out: Path):
     vae_n = VideoVAE(cfg)
     vae_n.load_state_dict(vae.state_dict())
     pool["latents"] = vae_n.normalise(pool["latents"])
+    if args.long_pool:
+        long_pool = _cached_pool(out / "long_pool.pt", lambda: build_pool(
+            vae, TextEncoder(text_cfg), args.long_pool, args.seed + 2, 2 * args.frames - 1, args.size,
+            colours=args.shapes_colours, clip_fn=random_bounce_clip))
+        pool = add_long_windows(pool, {**long_pool, "latents": vae_n.normalise(long_pool["latents"])})
     return vae_n.eval(), pool, text_cfg
+
+
+def _cached_pool(path: Path, build) -> dict:
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    pool = build()
+    atomic_save(pool, path)
+    return pool
 
 
 def sample_batch(pool: dict, batch: int, dropout: float, g: torch.Generator):
@@ -301,10 +334,11 @@ def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
     x0, text = source.fetch(idx[part], idx)                                          # (b, C, T', H, W), (b, L, D)
     text[drop[part]] = source.empty.to(text.dtype)
     t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
-    starts = None
+    starts = source.starts(idx) if isinstance(source, sources.PoolSource) else None  # long clips' windows
     if args.window:
-        starts = torch.randint(0, x0.shape[2] - args.window + 1, (args.batch,), generator=g)
-        x0, _ = crop_windows(x0, args.window, g, starts[part])
+        crop = torch.randint(0, x0.shape[2] - args.window + 1, (args.batch,), generator=g)
+        x0, _ = crop_windows(x0, args.window, g, crop[part])
+        starts = crop if starts is None else starts + crop
     given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
     if args.prefix_frac or starts is not None:
         given = clean_prefix(given, starts, args.prefix_frac, g)

@@ -60,6 +60,11 @@ class PoolSource:
         idx = torch.tensor(indices, dtype=torch.long)
         return self.pool["latents"][idx], self.pool["text"][self.pool["caption_ids"][idx]].float()
 
+    def starts(self, indices: list[int]) -> torch.Tensor | None:
+        """(B,) where each sample starts in its clip (windows of long clips), or None when all start at 0."""
+        starts = self.pool.get("starts")
+        return None if starts is None else starts[torch.tensor(indices, dtype=torch.long)]
+
     def state_dict(self) -> dict:
         return {}
 

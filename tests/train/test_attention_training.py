@@ -48,9 +48,22 @@ def test_a_causal_model_trains_on_windows_and_streams(tmp_path):
     args = train_dit.parse_args(
         ["--vae", str(vae_ckpt), "--out", str(tmp_path / "dit"), "--preset", "tiny", "--pool", "4", "--frames", "13",
          "--size", "32", "--steps", "2", "--batch", "2", "--ckpt-every", "2", "--attention", "causal",
-         "--window", "3", "--prefix-frac", "0.5"])
+         "--window", "3", "--prefix-frac", "0.5", "--long-pool", "2"])
     train_dit.train(args)
     pipe = kinema.load_pipeline(tmp_path / "dit" / "model")
     assert pipe.dit.config.attention == "causal" and pipe.defaults.frames == 9
     pieces = list(stream_latents(pipe, ["a red circle bouncing"], frames=21, window=2, steps=2))
     assert sum(p.shape[2] for p in pieces) == 6
+
+
+def test_long_clips_add_every_window_with_its_start():
+    pool = {"latents": torch.zeros(2, 1, 3, 1, 1), "caption_ids": torch.tensor([0, 1]), "text": torch.zeros(2, 4, 8),
+            "captions": ["a", "b"], "empty": torch.zeros(4, 8)}
+    long = {"latents": torch.arange(5).float().view(1, 1, 5, 1, 1) + 10, "caption_ids": torch.tensor([0]),
+            "text": torch.ones(1, 4, 8), "captions": ["c"]}
+    merged = train_dit.add_long_windows(pool, long)
+    assert merged["latents"].shape == (5, 1, 3, 1, 1) and merged["starts"].tolist() == [0, 0, 0, 1, 2]
+    for i, s in enumerate((0, 1, 2)):
+        assert merged["latents"][2 + i].flatten().tolist() == [10.0 + s, 11.0 + s, 12.0 + s]
+    assert merged["captions"][merged["caption_ids"][3]] == "c"
+    assert torch.equal(merged["text"][merged["caption_ids"][4]], torch.ones(4, 8))
