@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kinema.data.video_folder import VideoDataConfig, VideoFolder
@@ -63,7 +63,7 @@ def shard_metadata(path: Path) -> dict | None:
     try:
         with safe_open(str(path), "pt") as f:
             return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except (OSError, ValueError, json.JSONDecodeError, Exception):  # safetensors raises its own error types
+    except (OSError, ValueError, SafetensorError):  # JSONDecodeError is a ValueError
         return None
 
 
