@@ -1,0 +1,79 @@
+"""Judging a long bouncing-object video (streamed generation, any length) against its prompt.
+
+A 129-frame "a {colour} {shape} bouncing left and right on a {background} background" passes when the object is
+found in the prompt's colour in >= 95 % of frames and in the prompt's shape in >= 95 % of 17-frame windows, is always
+inside the frame, turns only near the left and right edges (and does turn), and its colour drifts <= 8/255 between
+the first and the last 17 frames.
+
+    report = judge_long_bounce(frames, scene)   # frames (T, H, W, 3) uint8
+    report["pass"]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kinema.data.shapes import COLOURS, Scene
+from kinema.eval.judge import _reversals, judge_clip
+
+WINDOW = 17                # frames per window: the length the models are trained on
+MAX_COLOUR_DIST = 60.0     # as the clip judge: nearest vocabulary pair (yellow/orange) is 71 apart
+EDGE_MARGIN = 0.2          # a turn counts as "at the edge" within 20 % of the width from a side (object half-size
+                           # included: the centre of a touching object sits half its size from the edge)
+MAX_DRIFT = 8.0            # colour drift, 0-255 units per channel
+
+
+def windows(frames: int, size: int = WINDOW) -> list[slice]:
+    """Windows of `size` frames that overlap by one frame and cover the clip (the last one ends at its end)."""
+    starts = list(range(0, max(frames - size, 0) + 1, size - 1))
+    if starts[-1] + size < frames:
+        starts.append(frames - size)
+    return [slice(s, min(s + size, frames)) for s in starts]
+
+
+def turn_points(x: np.ndarray, width: int) -> list[float]:
+    """x positions where the horizontal path reverses (legs of at least 2 % of the width)."""
+    hysteresis = 0.02 * width
+    points, direction, extreme = [], 0.0, float(x[0])
+    lo = hi = float(x[0])
+    for val in map(float, x[1:]):
+        if direction == 0.0:
+            lo, hi = min(lo, val), max(hi, val)
+            if val - lo >= hysteresis or hi - val >= hysteresis:
+                direction, extreme = (1.0 if val - lo >= hysteresis else -1.0), val
+        elif (val - extreme) * direction > 0:
+            extreme = val
+        elif (extreme - val) * direction >= hysteresis:
+            points.append(extreme)
+            direction, extreme = -direction, val
+    assert len(points) == _reversals(x, hysteresis)
+    return points
+
+
+def judge_long_bounce(frames: np.ndarray, scene: Scene) -> dict:
+    """Per-criterion figures and a pass/fail for a long bounce video of `scene`."""
+    frames = np.asarray(frames)
+    t_len, _, width = frames.shape[:3]
+    j = judge_clip(frames)
+    target = np.array(COLOURS[scene.colour], np.float32)
+    colour_ok = j.found & (np.linalg.norm(j.object_rgb - target, axis=1) <= MAX_COLOUR_DIST)
+    parts = windows(t_len)
+    shapes = [judge_clip(frames[w]).shape for w in parts]
+    x = j.centres[j.found, 0]
+    turns = turn_points(x, width) if len(x) > 1 else []
+    at_edge = [min(p, width - p) <= EDGE_MARGIN * width for p in turns]
+    first, last = j.object_rgb[:WINDOW][j.found[:WINDOW]], j.object_rgb[-WINDOW:][j.found[-WINDOW:]]
+    drift = float(np.abs(first.mean(0) - last.mean(0)).max()) if len(first) and len(last) else float("nan")
+    report = {
+        "frames": t_len,
+        "found": float(j.found.mean()),
+        "colour_frames": float(colour_ok.mean()),
+        "shape_windows": float(np.mean([s == scene.shape for s in shapes])),
+        "inside": bool(j.found.any() and j.inside[j.found].all()),
+        "turns": len(turns),
+        "turns_at_edges": int(sum(at_edge)),
+        "colour_drift": drift,
+    }
+    report["pass"] = bool(report["colour_frames"] >= 0.95 and report["shape_windows"] >= 0.95 and report["inside"]
+                          and report["turns"] >= 1 and all(at_edge) and drift <= MAX_DRIFT)
+    return report
