@@ -9,7 +9,10 @@ downsample) and the decoder's as `decoder.up_blocks.i.{resnets.j, upsamplers.0}`
   (j = num_res_blocks is the downsample), `decoder.upsamples.i.upsamples.j` (j = num_res_blocks + 1 is the
   upsample), residual blocks as `residual.{0,2,3,6}` / `shortcut`, and `conv1`/`conv2`/`middle`/`head` as in 2.1.
 
-The shortcuts (AvgDown3D / DupUp3D) have no parameters. Everything here raises ValueError with the reason.
+The shortcuts (AvgDown3D / DupUp3D) have no parameters. diffusers' convert script writes `clip_output: False` into
+the 2.2 VAE config, which diffusers 0.42 does not read (its decode always clamps); kinema's `decode` clamps to
+[-1, 1] as the original release's `Wan2_2_VAE.decode` does, and `decode_raw` does not. Everything here raises
+ValueError with the reason.
 """
 
 from __future__ import annotations
