@@ -61,8 +61,10 @@ def with_attention(cfg: DiTConfig, mode: str, temporal_conv: bool = False) -> Di
         return replace(cfg, attention=mode)
     d = cfg.dim
     extra = 4 * (d * d + d) + 2 * d + (4 * d if temporal_conv else 0)
-    return replace(cfg, attention=mode, temporal_conv=temporal_conv,
-                   ffn_dim=cfg.ffn_dim - round(extra / (2 * d + 1)))
+    ffn = cfg.ffn_dim - round(extra / (2 * d + 1))
+    if ffn < d:
+        raise ValueError(f"FFN {cfg.ffn_dim} is too narrow to pay for a temporal attention of dim {d}")
+    return replace(cfg, attention=mode, temporal_conv=temporal_conv, ffn_dim=ffn)
 
 
 def load_vae_checkpoint(path: str | Path) -> VideoVAE:

@@ -1,0 +1,245 @@
+"""The temporal-consistency report (docs/temporal.md): the DiT's three attention modes side by side.
+
+    python benchmarks/temporal.py --mode full=runs/cmp_full/model --mode factorised=runs/cmp_factorised/model \
+        --mode causal=runs/cmp_causal/model --stream-model kinema/models/shapes --out docs/temporal
+
+Per mode: prompt adherence and temporal consistency (the `kinema eval` judge on the canonical prompts), the
+training time of its run (metrics.jsonl) and of one training step measured here, and how sampling time and
+peak memory grow with the video's length (17, 33, 65, 129 frames; full/factorised sample the whole clip at
+fixed steps, causal streams chunk by chunk with a rolling window). Each length is measured in a fresh process,
+so its peak RSS is its own. Then the long-video check of the streamed causal model (129-frame bounces).
+Writes <out>.md, <out>_*.png and <out>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LENGTHS = (17, 33, 65, 129)
+BOUNCE = [("red", "circle", "black"), ("blue", "square", "white"), ("yellow", "triangle", "gray"),
+          ("green", "circle", "gray"), ("purple", "square", "black"), ("orange", "triangle", "white")]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class PeakRss:
+    """Samples this process's RSS every few milliseconds on a thread; `.peak` is the highest seen (MiB)."""
+
+    def __init__(self, every: float = 0.003):
+        import threading
+
+        self.every, self.peak, self._stop = every, rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, rss_mb())
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb())
+
+
+def measure(model: str, frames: int, steps: int, window: int) -> dict:
+    """One generation of `frames` frames in this process: sampling + decoding seconds, peak RSS and its rise."""
+    import torch
+
+    import kinema
+    from kinema.pipelines.stream import stream_video
+
+    torch.set_num_threads(1)
+    pipe = kinema.load_pipeline(model)
+    prompt = "a red circle bouncing left and right on a black background"
+    pipe.text_encoder([prompt, ""])                          # text encoding is not part of the measurement
+    causal = pipe.dit.config.attention == "causal"
+    pipe.generate([prompt], frames=5, steps=1)               # warm-up: first-call allocations are not sampling's
+    base, t0, first = rss_mb(), time.perf_counter(), None
+    with PeakRss() as rss:
+        if causal:
+            for _ in stream_video(pipe, [prompt], frames=frames, steps=steps, window=window):
+                first = first or time.perf_counter() - t0
+        else:
+            pipe.generate([prompt], frames=frames, steps=steps)
+    seconds = time.perf_counter() - t0
+    return {"frames": frames, "seconds": seconds, "first_frame_s": first, "peak_mb": rss.peak,
+            "rise_mb": rss.peak - base}
+
+
+def measure_in_subprocess(model: str, frames: int, steps: int, window: int) -> dict:
+    cmd = [sys.executable, __file__, "_measure", model, str(frames), str(steps), str(window)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def step_seconds(model: str, batch: int = 32, repeats: int = 5) -> float:
+    """Median seconds of one training step (forward + backward, batch of 17-frame clips) of the model's DiT."""
+    import torch
+
+    import kinema
+
+    torch.set_num_threads(1)
+    dit = kinema.load_pipeline(model).dit.train()
+    x, c = torch.randn(batch, dit.config.in_channels, 5, 8, 8), torch.randn(batch, 32, dit.config.text_dim)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        dit(x, torch.rand(batch) * 1000, c).square().mean().backward()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def training_record(model: str) -> dict:
+    """Steps and wall time of the run that wrote the model folder (its metrics.jsonl, one level up)."""
+    path = Path(model).parent / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {"steps": rows[-1]["step"], "wall_min": sum(r.get("sec", 0) for r in rows) / 60,
+            "final_loss": statistics.mean(r["loss"] for r in rows[-100:])}
+
+
+def adherence(model: str, seeds: int, steps: int) -> dict:
+    from kinema.eval.run import generate_all, judge_row, load_prompts, summarise
+
+    import kinema
+
+    pipe = kinema.load_pipeline(model)
+    prompts = load_prompts(Path(__file__).parents[1] / "kinema/eval/prompts/canonical.txt")
+    videos = generate_all(pipe, [p for p, _ in prompts], seeds, 12, steps=steps)
+    scenes = [s for _ in range(seeds) for _, s in prompts]
+    return summarise([judge_row(v, s) for v, s in zip(videos, scenes)])
+
+
+def long_bounces(model: str, frames: int, steps: int, window: int) -> list[dict]:
+    import numpy as np
+    import torch
+
+    import kinema
+    from kinema.data.shapes import Scene
+    from kinema.eval.long import judge_long_bounce
+    from kinema.pipelines.stream import stream_video
+
+    pipe, rows = kinema.load_pipeline(model), []
+    for i, (colour, shape, bg) in enumerate(BOUNCE):
+        prompt = f"a {colour} {shape} bouncing left and right on a {bg} background"
+        video = torch.cat(list(stream_video(pipe, [prompt], seeds=[i], frames=frames, steps=steps, window=window)), 2)
+        frames_u8 = ((video[0].permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        rows.append({"prompt": prompt, **judge_long_bounce(np.asarray(frames_u8), Scene(colour, shape, "bounce", bg))})
+    return rows
+
+
+def plot(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    for key, label in (("seconds", "sampling + decoding time (s)"), ("peak_mb", "peak RSS (MiB)")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for mode, r in results["modes"].items():
+            ax.plot([m["frames"] for m in r["lengths"]], [m[key] for m in r["lengths"]], "o-", label=mode)
+        ax.set_xlabel("frames"), ax.set_ylabel(label), ax.set_xticks(LENGTHS), ax.legend(), ax.grid(alpha=0.3)
+        fig.tight_layout()
+        names.append(f"{out.name}_{key}.png")
+        fig.savefig(out.parent / names[-1], dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    attrs = ("colour", "shape", "motion", "background")
+    for k, (mode, r) in enumerate(results["modes"].items()):
+        ax.bar([i + 0.25 * k for i in range(4)], [100 * r["adherence"]["seen"][a] for a in attrs], 0.25, label=mode)
+    ax.set_xticks([i + 0.25 for i in range(4)], attrs), ax.set_ylabel("seen prompts right (%)"), ax.legend()
+    fig.tight_layout()
+    names.append(f"{out.name}_adherence.png")
+    fig.savefig(out.parent / names[-1], dpi=100)
+    plt.close(fig)
+    return names
+
+
+def report(results: dict, plots: list[str], command: str) -> str:
+    from kinema.eval.run import ATTRIBUTES, CONSISTENCY
+
+    lines = ["# Temporal consistency: full, factorised and causal attention", "",
+             f"Produced by `{command}` ({results['date']}, 1 thread per process, {results['cpu']}).", "",
+             "## Prompt adherence and temporal consistency (canonical prompts, seen split)", "",
+             "| mode | params | steps | train wall (min) | step time (s) | " + " | ".join(ATTRIBUTES) + " | all | "
+             + " | ".join(CONSISTENCY) + " |", "|" + "---|" * (6 + len(ATTRIBUTES) + len(CONSISTENCY))]
+    for mode, r in results["modes"].items():
+        s, tr = r["adherence"]["seen"], r["training"]
+        lines.append(f"| {mode} | {r['params'] / 1e6:.2f} M | {tr.get('steps', '-')} | {tr.get('wall_min', 0):.0f} | "
+                     f"{r['step_s']:.2f} | " + " | ".join(f"{100 * s[a]:.0f} %" for a in (*ATTRIBUTES, "all")) + " | "
+                     + " | ".join(f"{s[k]:.2f}" for k in CONSISTENCY) + " |")
+    lines += ["", "## Sampling time and peak memory by length", "",
+              "| mode | frames | seconds | first frame (s) | peak RSS (MiB) | peak rise during sampling (MiB) |",
+              "|---|---|---|---|---|---|"]
+    for mode, r in results["modes"].items():
+        for m in r["lengths"]:
+            first = f"{m['first_frame_s']:.2f}" if m["first_frame_s"] else "-"
+            lines.append(f"| {mode} | {m['frames']} | {m['seconds']:.2f} | {first} | {m['peak_mb']:.0f} | "
+                         f"{m['rise_mb']:.0f} |")
+    lines += ["", *[f"![{p}]({p})" for p in plots], ""]
+    if results.get("long"):
+        lines += ["## 129-frame streamed bounces (the default model)", "",
+                  "| prompt | found | colour frames | shape windows | inside | turns (at edges) | colour drift | pass |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["long"]:
+            lines.append(f"| {r['prompt']} | {100 * r['found']:.0f} % | {100 * r['colour_frames']:.0f} % | "
+                         f"{100 * r['shape_windows']:.0f} % | {r['inside']} | {r['turns']} ({r['turns_at_edges']}) | "
+                         f"{r['colour_drift']:.1f} | {r['pass']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mode", action="append", required=True, metavar="NAME=MODEL", help="mode name and model folder")
+    p.add_argument("--stream-model", help="causal model for the 129-frame bounce check")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--window", type=int, default=4)
+    p.add_argument("--out", default="docs/temporal")
+    args = p.parse_args(argv)
+    import torch
+
+    import kinema
+
+    out, results = Path(args.out), {"date": time.strftime("%Y-%m-%d"), "cpu": f"{torch.get_num_threads()} threads",
+                                    "modes": {}}
+    for spec in args.mode:
+        mode, model = spec.split("=", 1)
+        dit = kinema.load_pipeline(model).dit
+        results["modes"][mode] = {
+            "model": model, "params": sum(p.numel() for p in dit.parameters()), "training": training_record(model),
+            "step_s": step_seconds(model), "adherence": adherence(model, args.seeds, args.steps),
+            "lengths": [measure_in_subprocess(model, f, args.steps, args.window) for f in LENGTHS]}
+        print(mode, json.dumps(results["modes"][mode]["lengths"]), flush=True)
+    if args.stream_model:
+        results["long"] = long_bounces(args.stream_model, 129, args.steps, args.window)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    command = "python benchmarks/temporal.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.with_suffix(".md").write_text(report(results, plot(results, out), command))
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_measure":
+        model, frames, steps, window = sys.argv[2], *map(int, sys.argv[3:6])
+        print(json.dumps(measure(model, frames, steps, window)))
+        raise SystemExit(0)
+    raise SystemExit(main())
