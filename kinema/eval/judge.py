@@ -322,7 +322,12 @@ def _motion(found: np.ndarray, centres: np.ndarray, sizes: np.ndarray, height: i
 
 def _reversals(v: np.ndarray, hysteresis: float) -> int:
     """Direction reversals of a 1-D path, each leg at least `hysteresis` long."""
-    turns, direction = 0, 0.0
+    return len(turn_points(v, hysteresis))
+
+
+def turn_points(v: np.ndarray, hysteresis: float) -> list[float]:
+    """Where a 1-D path reverses direction (the extreme values), each leg at least `hysteresis` long."""
+    points, direction = [], 0.0
     lo = hi = extreme = float(v[0])
     for val in map(float, v[1:]):
         if direction == 0.0:
@@ -332,5 +337,6 @@ def _reversals(v: np.ndarray, hysteresis: float) -> int:
         elif (val - extreme) * direction > 0:
             extreme = val
         elif (extreme - val) * direction >= hysteresis:
-            turns, direction, extreme = turns + 1, -direction, val
-    return turns
+            points.append(extreme)
+            direction, extreme = -direction, val
+    return points

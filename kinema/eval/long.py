@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from kinema.data.shapes import COLOURS, Scene
-from kinema.eval.judge import _reversals, judge_clip
+from kinema.eval.judge import judge_clip, turn_points
 
 WINDOW = 17                # frames per window: the length the models are trained on
 MAX_COLOUR_DIST = 60.0     # as the clip judge: nearest vocabulary pair (yellow/orange) is 71 apart
@@ -31,25 +31,6 @@ def windows(frames: int, size: int = WINDOW) -> list[slice]:
     return [slice(s, min(s + size, frames)) for s in starts]
 
 
-def turn_points(x: np.ndarray, width: int) -> list[float]:
-    """x positions where the horizontal path reverses (legs of at least 2 % of the width)."""
-    hysteresis = 0.02 * width
-    points, direction, extreme = [], 0.0, float(x[0])
-    lo = hi = float(x[0])
-    for val in map(float, x[1:]):
-        if direction == 0.0:
-            lo, hi = min(lo, val), max(hi, val)
-            if val - lo >= hysteresis or hi - val >= hysteresis:
-                direction, extreme = (1.0 if val - lo >= hysteresis else -1.0), val
-        elif (val - extreme) * direction > 0:
-            extreme = val
-        elif (extreme - val) * direction >= hysteresis:
-            points.append(extreme)
-            direction, extreme = -direction, val
-    assert len(points) == _reversals(x, hysteresis)
-    return points
-
-
 def judge_long_bounce(frames: np.ndarray, scene: Scene) -> dict:
     """Per-criterion figures and a pass/fail for a long bounce video of `scene`."""
     frames = np.asarray(frames)
@@ -60,7 +41,7 @@ def judge_long_bounce(frames: np.ndarray, scene: Scene) -> dict:
     parts = windows(t_len)
     shapes = [judge_clip(frames[w]).shape for w in parts]
     x = j.centres[j.found, 0]
-    turns = turn_points(x, width) if len(x) > 1 else []
+    turns = turn_points(x, 0.02 * width) if len(x) > 1 else []  # legs of >= 2 % of the width
     at_edge = [min(p, width - p) <= EDGE_MARGIN * width for p in turns]
     first, last = j.object_rgb[:WINDOW][j.found[:WINDOW]], j.object_rgb[-WINDOW:][j.found[-WINDOW:]]
     drift = float(np.abs(first.mean(0) - last.mean(0)).max()) if len(first) and len(last) else float("nan")

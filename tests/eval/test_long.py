@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from kinema.data.shapes import Scene, render_clip
-from kinema.eval.long import judge_long_bounce, turn_points, windows
+from kinema.eval.judge import turn_points
+from kinema.eval.long import judge_long_bounce, windows
 
 
 def bounce(colour="red", shape="circle", frames=129, seed=0):
@@ -35,4 +36,4 @@ def test_drift_a_wrong_colour_and_a_mid_frame_turn_fail():
     assert r["colour_drift"] > 8 and not r["pass"]
     assert not judge_long_bounce(frames, Scene("green", "circle", "bounce", "black"))["pass"]
     x = np.concatenate([np.linspace(10, 32, 20), np.linspace(32, 10, 20)])  # turns in the middle
-    assert turn_points(x, 64) == [32.0]
+    assert turn_points(x, 0.02 * 64) == [32.0]
