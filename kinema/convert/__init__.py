@@ -12,3 +12,18 @@ def state_dict_mismatch(own: dict, state: dict) -> str | None:
         if own[k].shape != state[k].shape:
             return f"shape mismatch for {k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
     return None
+
+
+def rename_keys(state: dict, rename, what: str) -> dict:
+    """`state` with every key passed through `rename` (key -> new key, or None when it does not belong);
+    ValueError naming `what` the file is not, when any key does not belong."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        new = rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        raise ValueError(f"not a {what}: unexpected keys {sorted(unknown)[:5]}")
+    return out

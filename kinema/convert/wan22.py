@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 
+from kinema.convert import rename_keys
 from kinema.vae.model import VAEConfig
 
 # Wan 2.2's per-channel latent statistics (W22 wan/modules/vae2_2.py `Wan2_2_VAE`; diffusers' convert script).
@@ -109,16 +110,7 @@ def _original_key(key: str, enc_per_stage: int, dec_blocks: int) -> str | None:
 def convert_original_vae22(state: dict) -> dict:
     """The original release's `Wan2.2_VAE.pth` state dict -> kinema `VideoVAE` key names."""
     res = _res_blocks(state, r"encoder\.downsamples\.0\.downsamples\.(\d+)\.residual\.")
-    out, unknown = {}, []
-    for key, value in state.items():
-        new = _original_key(key, res + 1, res + 1)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"not a Wan 2.2 VAE: unexpected keys {sorted(unknown)[:5]}")
-    return out
+    return rename_keys(state, lambda key: _original_key(key, res + 1, res + 1), "Wan 2.2 VAE")
 
 
 def vae22_config_from_state(state: dict, latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD) -> VAEConfig:

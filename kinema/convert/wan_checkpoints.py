@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 
+from kinema.convert import rename_keys
 from kinema.convert.wan import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 from kinema.dit.model import DiTConfig
 from kinema.vae.model import VAEConfig
@@ -123,24 +124,17 @@ def _decoder_stages(state: dict) -> dict[int, str]:
 
 def convert_original_vae(state: dict) -> dict:
     """The original release's Wan 2.1 VAE state dict -> kinema `VideoVAE` (= diffusers) key names."""
-    ups, out, unknown = _decoder_stages(state), {}, []
-    for key, value in state.items():
-        new = None
+    ups = _decoder_stages(state)
+
+    def rename(key: str) -> str | None:
         if m := re.match(r"encoder\.downsamples\.(\d+)\.(.*)$", key):
-            new = f"encoder.down_blocks.{m.group(1)}.{_block_part(m.group(2))}"
-        elif m := re.match(r"decoder\.upsamples\.(\d+)\.(.*)$", key):
-            new = f"decoder.{ups[int(m.group(1))]}.{_block_part(m.group(2))}"
-        elif m := re.match(r"(encoder|decoder)\.middle\.([012])\.(.*)$", key):
-            new = f"{m.group(1)}.mid_block.{_MIDDLE[m.group(2)]}.{_block_part(m.group(3))}"
-        else:
-            new = next((new + key[len(old):] for old, new in _TOP.items() if key.startswith(old)), None)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"not a Wan 2.1 VAE: unexpected keys {sorted(unknown)[:5]}")
-    return out
+            return f"encoder.down_blocks.{m.group(1)}.{_block_part(m.group(2))}"
+        if m := re.match(r"decoder\.upsamples\.(\d+)\.(.*)$", key):
+            return f"decoder.{ups[int(m.group(1))]}.{_block_part(m.group(2))}"
+        if m := re.match(r"(encoder|decoder)\.middle\.([012])\.(.*)$", key):
+            return f"{m.group(1)}.mid_block.{_MIDDLE[m.group(2)]}.{_block_part(m.group(3))}"
+        return next((new + key[len(old):] for old, new in _TOP.items() if key.startswith(old)), None)
+    return rename_keys(state, rename, "Wan 2.1 VAE")
 
 
 def vae_config_from_state(state: dict, latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD) -> VAEConfig:
