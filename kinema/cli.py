@@ -4,6 +4,7 @@
     kinema generate "a blue square" -o clip.gif --saturation 1.3 --lut film.cube --upscale 2 --interpolate
     kinema generate --from out.json -o frames/ --seed 3       (re-run a recorded run, with overrides)
     kinema eval --model shapes --prompts kinema/eval/prompts/canonical.txt
+    kinema eval --model shapes --keyframes        (or --image, --extend 65: image-to-video, keyframes, extension)
     kinema train-vae --out runs/vae          kinema train --vae runs/vae/checkpoint.pt --out runs/dit
     kinema models
 
@@ -410,14 +411,23 @@ def cmd_decode(args) -> int:
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="generate a prompt list and judge it (colour, shape, motion, background)")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--prompts", required=True, help="text file, one canonical prompt per line")
+    p.add_argument("--prompts", help="text file, one canonical prompt per line (default: the mode's list in "
+                                      "kinema/eval/prompts: canonical.txt, i2v.txt or extend.txt)")
     p.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--device", default="auto")
-    p.add_argument("--image", action="store_true",
-                   help="image-to-video: animate each scene's rendered first frame (use prompts/i2v.txt)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--image", action="store_true",
+                      help="image-to-video: animate each scene's rendered first frame (use prompts/i2v.txt)")
+    mode.add_argument("--keyframes", action="store_true",
+                      help="first + last frame: give a rendered clip's first and last frames; reports the PSNR of "
+                           "both ends and the judge's adherence")
+    mode.add_argument("--extend", type=_positive_int, nargs="?", const=65, metavar="FRAMES",
+                      help="extension: generate each prompt, extend it to FRAMES (default 65) with kinema extend, "
+                           "and measure window seams and colour drift")
+    p.add_argument("--context", type=_positive_int, default=5, help="--extend: frames each window continues from")
     p.add_argument("--vae-recon", action="store_true",
                    help="also judge VAE reconstructions of real clips of the same prompts (the VAE's ceiling)")
     p.add_argument("--json", help="write the results as JSON here")

@@ -3,7 +3,9 @@
 Prompts are in the shapes world's canonical form, so the scene they ask for is known; the judge reads colour,
 shape, motion and background off the frames, plus temporal-consistency figures. Seen and held-out
 (colour, shape) pairs are reported separately. `--vae-recon` also judges the VAE's reconstructions of real clips
-of the same scenes: the ceiling the VAE sets on any DiT.
+of the same scenes: the ceiling the VAE sets on any DiT. Other modes: `--image` (image-to-video: first frame given,
+its PSNR reported), `--keyframes` (first and last frames of a rendered clip given, PSNR of both ends) and `--extend`
+(generate, extend with kinema extend, measure window seams and colour drift: kinema.eval.extension).
 """
 
 from __future__ import annotations
@@ -111,18 +113,30 @@ def reconstruct_all(vae, scenes: list[Scene], seeds: int, frames: int, size: int
 def generate_from_images(pipe, prompts: list[str], scenes: list[Scene], seeds: int, **settings):
     """Image-to-video: each prompt's first frame is rendered from its scene, then animated by the model.
     Returns the videos and the PSNR (dB) of each first output frame against its input image."""
+    videos, psnrs = generate_from_keyframes(pipe, prompts, scenes, seeds, last=False, **settings)
+    return videos, psnrs["first"]
+
+
+def generate_from_keyframes(pipe, prompts: list[str], scenes: list[Scene], seeds: int, last: bool = True,
+                            **settings) -> tuple[list[np.ndarray], dict[str, list[float]]]:
+    """Each prompt's scene is rendered as a real clip of the output's length; its first frame (and, with `last`,
+    its last frame) is given to the model. Returns the videos and {"first": [...], "last": [...]}: the PSNR (dB) of
+    each output's first / last frame against the given image ("last" empty without `last`)."""
     from kinema.eval.vae import psnr
 
     s = pipe.settings(**settings)
-    videos, psnrs = [], []
+    as_tensor = lambda a: torch.from_numpy(a).float().div(127.5).sub(1)  # noqa: E731
+    videos, psnrs = [], {"first": [], "last": []}
     for k in range(seeds):
         for i, (prompt, scene) in enumerate(zip(prompts, scenes)):
-            image = render_clip(scene, np.random.default_rng(20_000 + 1000 * k + i), s.frames, s.height,
-                                s.width).frames[0]
-            frames = pipe.generate([prompt], seeds=[1000 * k + i], image=image, **settings)[0].frames
+            real = render_clip(scene, np.random.default_rng(20_000 + 1000 * k + i), s.frames, s.height,
+                               s.width).frames
+            end = real[-1] if last else None
+            frames = pipe.generate([prompt], seeds=[1000 * k + i], image=real[0], last_image=end, **settings)[0].frames
             videos.append(frames)
-            as_tensor = lambda a: torch.from_numpy(a).float().div(127.5).sub(1)  # noqa: E731
-            psnrs.append(psnr(as_tensor(frames[0]), as_tensor(image)))
+            psnrs["first"].append(psnr(as_tensor(frames[0]), as_tensor(real[0])))
+            if last:
+                psnrs["last"].append(psnr(as_tensor(frames[-1]), as_tensor(end)))
     return videos, psnrs
 
 
@@ -135,13 +149,50 @@ def judge_colours(scenes: list[Scene], names=()) -> dict[str, tuple[int, int, in
     return {n: EXTRA_COLOURS[n] for n in (*asked, *names) if n in EXTRA_COLOURS}
 
 
+MODE_PROMPTS = {"text-to-video": "canonical.txt", "image-to-video": "i2v.txt", "first+last frame": "i2v.txt",
+                "extension": "extend.txt"}
+
+
+def eval_mode(args) -> str:
+    """Which evaluation `args` asks for: a key of MODE_PROMPTS."""
+    if getattr(args, "extend", None):
+        if getattr(args, "vae_recon", False):
+            raise ValueError("--vae-recon does not apply to --extend")
+        return "extension"
+    if getattr(args, "keyframes", False):
+        return "first+last frame"
+    return "image-to-video" if getattr(args, "image", False) else "text-to-video"
+
+
+def default_prompts(mode: str) -> Path:
+    """The packaged prompt list of an evaluation mode."""
+    return Path(__file__).parent / "prompts" / MODE_PROMPTS[mode]
+
+
+def _extension_eval(args, pipe, texts, extra, settings, result, title) -> tuple[dict, str]:
+    """`kinema eval --extend`: generate, extend and measure seams and colour drift (kinema.eval.extension)."""
+    from kinema.eval.extension import extend_all, format_extension, summarise_extension
+
+    frames, context = args.extend, getattr(args, "context", None) or 5
+    rows = extend_all(pipe, texts, args.seeds, frames, context, extra, **settings)
+    result.update({"frames": frames, "context": context, "summary": summarise_extension(rows), "videos": rows})
+    if args.json:
+        _write_json(Path(args.json), result)
+    s = result["settings"]
+    return result, format_extension(rows, result["summary"], f"{title}: {s['frames']} -> {frames} frames, "
+                                                             f"context {context}")
+
+
 def run_eval(args) -> tuple[dict, str]:
     """Generate and judge the prompt list; returns the results and a markdown report.
     `args.lora` (optional): [(file, strength)] adapters loaded on the DiT; `args.judge_colours` (optional): extra
-    colour names the judge may answer (colours the prompts ask for are added)."""
+    colour names the judge may answer (colours the prompts ask for are added). Modes (`eval_mode`): text-to-video;
+    `args.image` image-to-video; `args.keyframes` first + last frame given; `args.extend` (frames) extension. Without
+    `args.prompts`, each mode has its packaged list (MODE_PROMPTS)."""
     import kinema
 
-    prompts = load_prompts(args.prompts)
+    mode = eval_mode(args)
+    prompts = load_prompts(getattr(args, "prompts", None) or default_prompts(mode))
     pipe = kinema.load_pipeline(args.model, device=args.device)
     loras = [(str(path), float(strength)) for path, strength in getattr(args, "lora", None) or []]
     for path, strength in loras:
@@ -149,22 +200,25 @@ def run_eval(args) -> tuple[dict, str]:
     settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     s = pipe.settings(**settings)
     texts, scenes = [p for p, _ in prompts], [sc for _, sc in prompts]
-    mode = "image-to-video" if getattr(args, "image", False) else "text-to-video"
-    if mode == "image-to-video":
-        videos, first_psnr = generate_from_images(pipe, texts, scenes, args.seeds, **settings)
-    else:
-        videos = generate_all(pipe, texts, args.seeds, args.batch, **settings)
     extra = judge_colours(scenes, getattr(args, "judge_colours", None) or ())
-    rows = [judge_row(v, sc, extra) for v, sc in zip(videos, scenes * args.seeds)]
-    result = {"model": str(args.model), "mode": mode, "settings": s.to_dict(), "seeds": args.seeds,
-              "lora": loras, "generated": summarise(rows)}
+    result = {"model": str(args.model), "mode": mode, "settings": s.to_dict(), "seeds": args.seeds, "lora": loras}
     with_lora = "".join(f" + LoRA {Path(path).name}:{strength:g}" for path, strength in loras)
     title = f"{mode} ({args.model}{with_lora}, {s.steps} steps, guidance {s.guidance})"
+    if mode == "extension":
+        return _extension_eval(args, pipe, texts, extra, settings, result, title)
+    if mode == "text-to-video":
+        videos, ends = generate_all(pipe, texts, args.seeds, args.batch, **settings), {}
+    else:
+        videos, ends = generate_from_keyframes(pipe, texts, scenes, args.seeds, mode == "first+last frame",
+                                               **settings)
+    rows = [judge_row(v, sc, extra) for v, sc in zip(videos, scenes * args.seeds)]
+    result["generated"] = summarise(rows)
     report = [format_table(result["generated"], title)]
-    if mode == "image-to-video":
-        result["first_frame_psnr"] = {"mean": float(np.mean(first_psnr)), "min": float(np.min(first_psnr))}
-        report.append(f"first output frame vs input image: {np.mean(first_psnr):.2f} dB mean, "
-                      f"{np.min(first_psnr):.2f} dB min")
+    for end, values in ends.items():
+        if values:
+            result[f"{end}_frame_psnr"] = {"mean": float(np.mean(values)), "min": float(np.min(values))}
+            report.append(f"{end} output frame vs {'input' if end == 'first' else 'last'} image: "
+                          f"{np.mean(values):.2f} dB mean, {np.min(values):.2f} dB min")
     if args.vae_recon:
         recon = reconstruct_all(pipe.vae, scenes, args.seeds, s.frames, s.height)
         result["vae_recon"] = summarise([judge_row(v, sc, extra) for v, sc in zip(recon, scenes * args.seeds)])

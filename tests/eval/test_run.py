@@ -76,3 +76,53 @@ def test_i2v_prompt_list():
     assert len(prompts) == 24 and not any(s.held_out for _, s in prompts)
     motions = [s.motion for _, s in prompts]
     assert all(motions.count(m) == 3 for m in set(motions)) and len(set(motions)) == 8
+
+
+def test_eval_keyframes_mode(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from kinema.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left on a black background\na green square growing on a gray background\n")
+    out = tmp_path / "r.json"
+    code = main(["eval", "--model", str(tiny_model_dir), "--prompts", str(prompts), "--seeds", "1", "--steps", "1",
+                 "--keyframes", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "first+last frame" in printed and "| seen | 2 |" in printed
+    assert "first output frame vs input image" in printed and "last output frame vs last image" in printed
+    result = json.loads(out.read_text())
+    assert result["mode"] == "first+last frame" and "motion" in result["generated"]["seen"]
+    for end in ("first", "last"):
+        assert set(result[f"{end}_frame_psnr"]) == {"mean", "min"}
+
+
+def test_keyframe_psnr_compares_each_end_with_its_image():
+    """A stand-in model that returns its first image, then its last: both ends match exactly (inf dB)."""
+    from kinema.eval.run import generate_from_images, generate_from_keyframes
+    from kinema.pipelines.text_to_video import GenerationSettings
+    from kinema.video.io import Video
+
+    class Echo:
+        def settings(self, **kw):
+            return GenerationSettings(frames=9, height=32, width=32)
+
+        def generate(self, prompts, seeds, image, last_image, **kw):
+            end = image if last_image is None else last_image
+            return [Video(np.stack([image] * 8 + [end]))]
+
+    scene = Scene("red", "circle", "right", "black")
+    videos, psnrs = generate_from_keyframes(Echo(), ["x"], [scene], seeds=2)
+    assert len(videos) == 2 and psnrs["first"] == psnrs["last"] == [float("inf")] * 2
+    _, first = generate_from_images(Echo(), ["x"], [scene], seeds=1)
+    assert first == [float("inf")]
+    _, psnrs = generate_from_keyframes(Echo(), ["x"], [scene], seeds=1, last=False)
+    assert psnrs["last"] == []
+
+
+def test_each_mode_has_a_packaged_prompt_list():
+    from kinema.eval.run import MODE_PROMPTS, default_prompts
+
+    for mode in MODE_PROMPTS:
+        assert load_prompts(default_prompts(mode))
+    assert default_prompts("first+last frame").name == "i2v.txt"
