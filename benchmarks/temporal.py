@@ -171,10 +171,40 @@ def plot(results: dict, out: Path) -> list[str]:
     return names
 
 
+PREFACE = """\
+The DiT has three self-attention modes (`DiTConfig.attention`, `kinema/dit/model.py`), all through
+`scaled_dot_product_attention`:
+
+- **full**: every token attends to every token (Wan; Wan checkpoints always load as `full`).
+- **factorised**: spatial attention within each latent frame (a reshape to (B·F, H·W, D)), then temporal attention
+  across latent frames at each position ((B·H·W, F, D)), with an optional depthwise temporal conv beside it. The
+  temporal attention is a second attention module per block; the FFN is narrowed to keep the parameter count
+  (`kinema.train.dit.with_attention`).
+- **causal**: block-causal, a token of latent frame i attends to frames <= i (a boolean mask). It streams: latent
+  frames are sampled chunk by chunk, each chunk attending to the past through a `KVCache`
+  (`kinema/dit/cache.py`), and the causal VAE decodes each chunk as it arrives (`kinema/pipelines/stream.py`,
+  `kinema generate --stream`). The past is *clean* (as in CausVid / self forcing): once a chunk is sampled, one
+  more DiT call at time 0 stores its keys and values. The model is trained for it by holding a random prefix of
+  latent frames clean (given frames at timestep 0, loss masked), and on every 17-frame window of long bounce clips
+  (a window that starts inside a clip always holds a clean prefix), so that a rolling window of past frames —
+  constant cost per frame, any length — shows the model what it was trained on. Streaming equals sampling without
+  the cache (the past recomputed in every call) to 1e-4, and a second cache mode (`past="joint"`) reproduces
+  ordinary joint sampling of the causal model exactly; both are tested.
+
+The three comparison models below were trained with the same data (the same 6,000-clip latent pool), the same
+steps, batch and learning-rate schedule, and the same parameter count, from scratch:
+
+```bash
+kinema train --vae kinema/models/shapes --out runs/cmp_MODE --attention MODE --steps 800 --pool 6000 --batch 32 \\
+  --lr 1e-3 --warmup 100 --cond-frac 0.35 --prefix-frac 0.15 --ckpt-every 200 --threads 1
+```
+"""
+
+
 def report(results: dict, plots: list[str], command: str) -> str:
     from kinema.eval.run import ATTRIBUTES, CONSISTENCY
 
-    lines = ["# Temporal consistency: full, factorised and causal attention", "",
+    lines = ["# Temporal consistency: full, factorised and causal attention", "", PREFACE,
              f"Produced by `{command}` ({results['date']}, 1 thread per process, {results['cpu']}).", "",
              "## Prompt adherence and temporal consistency (canonical prompts, seen split)", "",
              "| mode | params | steps | train wall (min) | step time (s) | " + " | ".join(ATTRIBUTES) + " | all | "
