@@ -428,6 +428,8 @@ def add_eval(sub) -> None:
                       help="extension: generate each prompt, extend it to FRAMES (default 65) with kinema extend, "
                            "and measure window seams and colour drift")
     p.add_argument("--context", type=_positive_int, default=5, help="--extend: frames each window continues from")
+    p.add_argument("--stream", action="store_true",
+                   help="causal models: generate chunk by chunk with a clean past, as kinema generate --stream")
     p.add_argument("--vae-recon", action="store_true",
                    help="also judge VAE reconstructions of real clips of the same prompts (the VAE's ceiling)")
     p.add_argument("--json", help="write the results as JSON here")

@@ -60,3 +60,14 @@ def test_stream_needs_a_causal_model(tiny_model_dir, tmp_path, capsys):
     code = main(["generate", "a red circle", "--model", str(tiny_model_dir), "--stream", "-o", str(tmp_path / "x.mp4")])
     err = capsys.readouterr().err
     assert code != 0 and "causal model" in err and "Traceback" not in err
+
+
+def test_eval_streams_a_causal_model(causal_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle moving left on a black background\na blue square growing on a gray background\n")
+    code = main(["eval", "--model", str(causal_model_dir), "--prompts", str(prompts), "--seeds", "1", "--steps", "2",
+                 "--stream"])
+    out = capsys.readouterr().out
+    assert code == 0 and "streamed" in out and "| seen | 2 |" in out
+    code = main(["eval", "--model", str(causal_model_dir), "--image", "--seeds", "1", "--steps", "1", "--stream"])
+    assert code == 2 and "text-to-video only" in capsys.readouterr().err

@@ -86,13 +86,21 @@ def format_table(summary: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def generate_all(pipe, prompts: list[str], seeds: int, batch: int, **settings) -> list[np.ndarray]:
-    """Videos for every (seed k, prompt i), with seed 1000 k + i whatever the batch size."""
+def generate_all(pipe, prompts: list[str], seeds: int, batch: int, stream: bool = False,
+                 **settings) -> list[np.ndarray]:
+    """Videos for every (seed k, prompt i), with seed 1000 k + i whatever the batch size. `stream`: sampled chunk
+    by chunk with a clean past (causal models, as `kinema generate --stream`)."""
     jobs = [(p, 1000 * k + i) for k in range(seeds) for i, p in enumerate(prompts)]
     videos = []
     for start in range(0, len(jobs), batch):
-        chunk = jobs[start:start + batch]
-        videos += [v.frames for v in pipe.generate([p for p, _ in chunk], seeds=[sd for _, sd in chunk], **settings)]
+        texts, sds = [p for p, _ in jobs[start:start + batch]], [sd for _, sd in jobs[start:start + batch]]
+        if stream:
+            from kinema.pipelines.stream import stream_video
+
+            video = torch.cat(list(stream_video(pipe, texts, sds, **settings)), dim=2)   # (B, 3, T, H, W)
+            videos += [((v.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy() for v in video]
+        else:
+            videos += [v.frames for v in pipe.generate(texts, seeds=sds, **settings)]
         log.info("generated %d / %d", len(videos), len(jobs))
     return videos
 
@@ -204,10 +212,15 @@ def run_eval(args) -> tuple[dict, str]:
     result = {"model": str(args.model), "mode": mode, "settings": s.to_dict(), "seeds": args.seeds, "lora": loras}
     with_lora = "".join(f" + LoRA {Path(path).name}:{strength:g}" for path, strength in loras)
     title = f"{mode} ({args.model}{with_lora}, {s.steps} steps, guidance {s.guidance})"
+    if getattr(args, "stream", False):
+        if mode != "text-to-video":
+            raise ValueError("--stream evaluates text-to-video only")
+        title += ", streamed"
     if mode == "extension":
         return _extension_eval(args, pipe, texts, extra, settings, result, title)
     if mode == "text-to-video":
-        videos, ends = generate_all(pipe, texts, args.seeds, args.batch, **settings), {}
+        videos, ends = generate_all(pipe, texts, args.seeds, args.batch, getattr(args, "stream", False),
+                                    **settings), {}
     else:
         videos, ends = generate_from_keyframes(pipe, texts, scenes, args.seeds, mode == "first+last frame",
                                                **settings)
