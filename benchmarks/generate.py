@@ -1,15 +1,18 @@
 """Time per stage and peak memory of text-to-video with a model (default: the embedded `shapes`).
 
-    python benchmarks/generate.py [--model shapes] [--repeats 3] [--threads 2]
+    python benchmarks/generate.py [--model shapes] [--repeats 3] [--threads 2] [--cli-only]
 
-Prints a markdown table: model loading, text encoding (first prompt: includes loading the encoder), denoising,
-VAE decoding and MP4 writing, each the median over repeats; the process's peak resident memory; and the wall
-time of the whole `kinema generate` command in a fresh process (imports included), as a user sees it.
+Prints a markdown table: model loading, text encoding (first prompt: includes importing and loading the encoder),
+denoising, VAE decoding and MP4 writing, each the median over repeats; the process's peak resident memory; and the
+wall time of the whole `kinema generate` command in a fresh process (imports included, OMP_NUM_THREADS=threads), as
+a user sees it. Also prints the text encoder's backend and the machine's load average before and after, since
+other jobs on the CPU change every number. --cli-only measures the fresh-process wall time alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import subprocess
@@ -36,7 +39,9 @@ def stage_times(model: str, repeats: int) -> dict[str, float]:
     pipe, t_load = timed(lambda: kinema.load_pipeline(model))
     s = pipe.settings()
     _, t_text_cold = timed(lambda: pipe.encode_prompts([PROMPT], s.negative_prompt))
-    rows = {"load model": [t_load], "text encoding (cold: loads the encoder)": [t_text_cold]}
+    uses_transformers = getattr(pipe.text_encoder, "uses_transformers", True)  # trees before kinema.text.bert: True
+    backend = "transformers" if uses_transformers else "kinema.text.bert"
+    rows = {"load model": [t_load], f"text encoding (cold: imports and loads the encoder, {backend})": [t_text_cold]}
     for r in range(repeats):
         pipe.text_encoder._cache.clear()  # measure a new prompt, not the cache
         (text, neg), t = timed(lambda: pipe.encode_prompts([PROMPT], s.negative_prompt))
@@ -52,13 +57,13 @@ def stage_times(model: str, repeats: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in rows.items()}
 
 
-def cli_wall(model: str, repeats: int) -> float:
-    walls = []
+def cli_wall(model: str, repeats: int, threads: int) -> float:
+    walls, env = [], {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as d:
         for _ in range(repeats):
             cmd = [sys.executable, "-m", "kinema.cli", "generate", PROMPT, "-o", f"{d}/out.mp4", "--quiet",
                    "--model", model]
-            _, t = timed(lambda: subprocess.run(cmd, check=True, capture_output=True))
+            _, t = timed(lambda: subprocess.run(cmd, check=True, capture_output=True, env=env))
             walls.append(t)
     return statistics.median(walls)
 
@@ -68,16 +73,21 @@ def main() -> None:
     p.add_argument("--model", default="shapes")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cli-only", action="store_true", help="only the whole command's wall time")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    times = stage_times(args.model, args.repeats)
+    load_before = os.getloadavg()
+    times = {} if args.cli_only else stage_times(args.model, args.repeats)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    wall = cli_wall(args.model, args.repeats)
-    print(f"model `{args.model}`, torch {torch.__version__}, {args.threads} threads, median of {args.repeats}\n")
+    wall = cli_wall(args.model, args.repeats, args.threads)
+    load = " -> ".join(f"{a:.2f} {b:.2f} {c:.2f}" for a, b, c in (load_before, os.getloadavg()))
+    print(f"model `{args.model}`, torch {torch.__version__}, {args.threads} threads, median of {args.repeats}, "
+          f"{os.cpu_count()} CPUs, load average {load}\n")
     print("| stage | seconds |\n|---|---|")
     for k, v in times.items():
         print(f"| {k} | {v:.3f} |")
-    print(f"| peak resident memory (this process) | {peak_mib:.0f} MiB |")
+    if times:
+        print(f"| peak resident memory (this process) | {peak_mib:.0f} MiB |")
     print(f"| **whole `kinema generate` (fresh process, imports included)** | **{wall:.2f}** |")
 
 

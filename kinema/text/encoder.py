@@ -8,6 +8,10 @@ A frozen pretrained transformers encoder loaded from a local folder (never from 
 
 The tokenizer is read from `tokenizer` when set, else from the encoder's own folder.
 
+The default ("minilm" with its own tokenizer) runs through `kinema.text.bert` (plain torch + the `tokenizers`
+library, same states and token ids), so the default model never imports transformers, which costs seconds;
+every other encoder is loaded with transformers.
+
 As Wan does, each prompt's states are trimmed to its true length (special tokens included) and zero-padded to
 `pad_to` rows; the DiT attends to all rows without a mask. Embeddings are cached per prompt, so the empty
 (negative) prompt is computed once.
@@ -93,6 +97,16 @@ def _load_model(path: Path, dtype: torch.dtype):
     return cls.from_pretrained(path, local_files_only=True, torch_dtype=dtype).eval().requires_grad_(False)
 
 
+def _load_transformers(path: Path, config: TextEncoderConfig, dtype: torch.dtype):
+    """(tokenizer, encoder) through transformers, for every encoder but the default MiniLM."""
+    from transformers import AutoTokenizer
+
+    if config.tokenizer is None and path.is_file():
+        raise FileNotFoundError(f"text encoder file {path} needs a tokenizer folder (config.tokenizer)")
+    tok_path = Path(config.tokenizer) if config.tokenizer is not None else path
+    return AutoTokenizer.from_pretrained(tok_path, local_files_only=True), _load_model(path, dtype)
+
+
 class TextEncoder:
     """Callable: list of prompts -> (B, pad_to, dim) float tensor on `device`."""
 
@@ -104,17 +118,34 @@ class TextEncoder:
         self._model = self._tokenizer = None
         self._cache: dict[str, torch.Tensor] = {}
 
-    def _ensure_loaded(self) -> None:
-        if self._model is None:
-            from transformers import AutoTokenizer
+    @property
+    def uses_transformers(self) -> bool:
+        """False for the default MiniLM (run by kinema.text.bert), True for every other encoder."""
+        return not (self.config.source == "minilm" and self.config.tokenizer is None)
 
-            path = resolve_source(self.config.source)
-            if self.config.tokenizer is None and path.is_file():
-                raise FileNotFoundError(f"text encoder file {path} needs a tokenizer folder (config.tokenizer)")
-            tok_path = Path(self.config.tokenizer) if self.config.tokenizer is not None else path
-            self._tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
-            self._model = _load_model(path, self.dtype).to(self.device)
-            log.info("loaded text encoder from %s", path)
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        path = resolve_source(self.config.source)
+        if self.uses_transformers:
+            self._tokenizer, self._model = _load_transformers(path, self.config, self.dtype)
+        else:
+            from kinema.text.bert import WordPieceTokenizer, load_bert
+
+            self._tokenizer = WordPieceTokenizer(path / "tokenizer.json", self.config.max_length)
+            self._model = load_bert(path, self.dtype)
+        self._model = self._model.to(self.device)
+        log.info("loaded text encoder from %s", path)
+
+    def _tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, max_length) token ids and attention mask (1: real token), on the encoder's device."""
+        if self.uses_transformers:
+            batch = self._tokenizer(prompts, padding="max_length", max_length=self.config.max_length,
+                                    truncation=True, return_tensors="pt")
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+        else:
+            ids, mask = self._tokenizer(prompts)
+        return ids.to(self.device), mask.to(self.device)
 
     def clean(self, prompt: str) -> str:
         if self.config.clean == "wan":
@@ -124,10 +155,11 @@ class TextEncoder:
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> list[torch.Tensor]:
         self._ensure_loaded()
-        batch = self._tokenizer(prompts, padding="max_length", max_length=self.config.max_length,
-                                truncation=True, return_tensors="pt").to(self.device)
-        states = self._model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        lengths = batch["attention_mask"].sum(1).tolist()
+        ids, mask = self._tokenize(prompts)  # (B, max_length) each
+        states = self._model(input_ids=ids, attention_mask=mask)  # (B, max_length, D)
+        if self.uses_transformers:
+            states = states.last_hidden_state
+        lengths = mask.sum(1).tolist()
         return [s[:n] for s, n in zip(states, lengths)]  # each (n, D): trimmed to the true length
 
     def encode_with_mask(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
