@@ -201,11 +201,12 @@ kinema train --vae kinema/models/shapes --out runs/cmp_MODE --attention MODE --s
 """
 
 
-def report(results: dict, plots: list[str], command: str) -> str:
+def report(results: dict, plots: list[str]) -> str:
     from kinema.eval.run import ATTRIBUTES, CONSISTENCY
 
     lines = ["# Temporal consistency: full, factorised and causal attention", "", PREFACE,
-             f"Produced by `{command}` ({results['date']}, 1 thread per process, {results['cpu']}).", "",
+             "Produced by " + " then ".join(f"`{c}`" for c in results["commands"])
+             + f" ({results['date']}, 1 thread per process).", "",
              "## Prompt adherence and temporal consistency (canonical prompts, seen split)", "",
              "| mode | params | steps | train wall (min) | step time (s) | " + " | ".join(ATTRIBUTES) + " | all | "
              + " | ".join(CONSISTENCY) + " |", "|" + "---|" * (6 + len(ATTRIBUTES) + len(CONSISTENCY))]
@@ -236,7 +237,8 @@ def report(results: dict, plots: list[str], command: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", action="append", required=True, metavar="NAME=MODEL", help="mode name and model folder")
+    p.add_argument("--mode", action="append", default=[], metavar="NAME=MODEL", help="mode name and model folder")
+    p.add_argument("--reuse", metavar="JSON", help="take the modes' measurements from an earlier run's .json")
     p.add_argument("--stream-model", help="causal model for the 129-frame bounce check")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--steps", type=int, default=20)
@@ -249,6 +251,8 @@ def main(argv=None) -> int:
 
     out, results = Path(args.out), {"date": time.strftime("%Y-%m-%d"), "cpu": f"{torch.get_num_threads()} threads",
                                     "modes": {}}
+    if args.reuse:
+        results = {**json.loads(Path(args.reuse).read_text()), "long": None}
     for spec in args.mode:
         mode, model = spec.split("=", 1)
         dit = kinema.load_pipeline(model).dit
@@ -262,7 +266,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
     command = "python benchmarks/temporal.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    out.with_suffix(".md").write_text(report(results, plot(results, out), command))
+    results["commands"] = results.get("commands", []) + [command]
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    out.with_suffix(".md").write_text(report(results, plot(results, out)))
     print(out.with_suffix(".md").read_text())
     return 0
 
