@@ -29,7 +29,10 @@ def colour_match(new: np.ndarray, decoded_context: np.ndarray, context: np.ndarr
 @torch.no_grad()
 def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5, seed: int = 0,
                  callback=None, **overrides) -> Video:
-    """`video` continued to `frames` frames (1 + 4k) at the model's size; its own frames come first."""
+    """`video` continued to `frames` frames (1 + 4k) at the model's size; its own frames come first.
+    A causal model continues in latent space (`extend_streamed`), any other window after window."""
+    if pipe.dit.config.attention == "causal":
+        return extend_streamed(pipe, video, prompt, frames, seed, **overrides)
     s = pipe.settings(seed=seed, **overrides)
     if (frames - 1) % 4 or frames <= video.num_frames:
         raise ValueError(f"--frames must be 1 + 4k and longer than the input ({video.num_frames} frames)")
@@ -55,3 +58,25 @@ def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5,
     meta = {**s.to_dict(), "model": pipe.name, "prompt": prompt, "extended_from": video.num_frames,
             "context": context}
     return Video(np.stack(out), s.fps, meta)
+
+
+@torch.no_grad()
+def extend_streamed(pipe, video: Video, prompt: str, frames: int, seed: int = 0, window: int = 4,
+                    **overrides) -> Video:
+    """A causal model's extension: the input (its first 1 + 4j frames) is encoded once, its latents become the clean
+    past of a stream (the last `window` latent frames attended to), and the new latent frames are sampled chunk by
+    chunk and decoded together with the input's, so nothing goes through the VAE twice and no window has a seam.
+    The output starts with the input's own frames."""
+    from kinema.pipelines.stream import stream_latents
+
+    s = pipe.settings(seed=seed, **overrides)
+    n_in = 1 + 4 * ((video.num_frames - 1) // 4)
+    if (frames - 1) % 4 or frames <= n_in:
+        raise ValueError(f"--frames must be 1 + 4k and longer than the input ({video.num_frames} frames)")
+    kept = np.stack([fit_image(f, s.height, s.width) for f in video.frames[:n_in]])
+    latents = pipe.vae.encode(Video(kept).to_tensor().to(pipe.device))                # (1, C, 1 + j, H', W')
+    overrides = {k: v for k, v in overrides.items() if k != "frames"}
+    new = list(stream_latents(pipe, [prompt], [seed], window=window, context=latents, frames=frames, **overrides))
+    decoded = Video.from_tensor(pipe.decode(torch.cat([latents, *new], dim=2))[0]).frames
+    meta = {**s.to_dict(), "frames": frames, "model": pipe.name, "prompt": prompt, "extended_from": video.num_frames}
+    return Video(np.concatenate([kept, decoded[n_in:]]), s.fps, meta)

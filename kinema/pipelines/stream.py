@@ -24,9 +24,10 @@ from kinema.vae.causal import CausalCache
 log = logging.getLogger(__name__)
 
 
-def chunk_slices(frames: int, chunk: int) -> list[slice]:
-    """Latent frame 0 (the image frame) alone, then pieces of `chunk` latent frames."""
-    return [slice(0, 1)] + [slice(s, min(s + chunk, frames)) for s in range(1, frames, chunk)]
+def chunk_slices(frames: int, chunk: int, start: int = 0) -> list[slice]:
+    """Latent frame 0 (the image frame) alone, then pieces of `chunk` latent frames; from `start` on."""
+    first = [slice(0, 1)] if start == 0 else []
+    return first + [slice(s, min(s + chunk, frames)) for s in range(max(start, 1), frames, chunk)]
 
 
 def check_streamable(pipe, chunk: int, window: int | None) -> None:
@@ -41,8 +42,11 @@ def check_streamable(pipe, chunk: int, window: int | None) -> None:
 @torch.no_grad()
 def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, image=None, chunk: int = 1,
                    window: int | None = None, past: str = "clean", use_cache: bool = True,
-                   **overrides) -> Iterator[torch.Tensor]:
+                   context: torch.Tensor | None = None, **overrides) -> Iterator[torch.Tensor]:
     """Yields the sampled latents (B, C, n, H', W') chunk by chunk.
+
+    `context` (B, C, k, H', W'): normalised latents of a video's first k latent frames to continue (extension):
+    they go into the cache as the clean past, and only the frames after them are sampled.
 
     past="clean": each chunk is sampled with the chunks before it (the last `window` latent frames) held clean,
     through the KV cache; `use_cache=False` recomputes that past in every call instead (same result, slower: the
@@ -59,7 +63,15 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
     _, ph, pw = pipe.dit.config.patch_size
     cache = KVCache(pipe.dit.config.num_layers, (noise.shape[3] // ph) * (noise.shape[4] // pw), window, past)
     done = noise[:, :, :0]
-    for part in chunk_slices(noise.shape[2], chunk):
+    if context is not None:
+        if past != "clean" or image is not None or context.shape[2] >= noise.shape[2]:
+            raise ValueError("a context continues a clean past, without an image, and must be shorter than the video")
+        done = context.to(noise)
+        if use_cache:
+            cache.start_chunk()
+            _record(pipe, done, text, neg, s, cache)
+            cache.end_chunk(done.shape[2])
+    for part in chunk_slices(noise.shape[2], chunk, done.shape[2]):
         if not use_cache:
             lo = 0 if window is None else max(0, part.start - window)
             latents = _sample_after(pipe, done[:, :, lo:], noise[:, :, part], clean[:, :, part], given[:, part],

@@ -83,3 +83,24 @@ def test_streaming_refuses_what_it_cannot_do(tiny_model_dir, causal_pipe):
     with pytest.raises(ValueError, match="pipe.generate"):
         next(stream_latents(causal_pipe, [PROMPT], past="joint", use_cache=False))
     assert chunk_slices(9, 3) == [slice(0, 1), slice(1, 4), slice(4, 7), slice(7, 9)]
+
+
+def test_a_context_continues_a_video_in_latent_space(causal_pipe):
+    """Streaming after given latents equals streaming the whole video with those latents as its first chunks."""
+    first = streamed(causal_pipe, frames=9, steps=2)                                  # 3 latent frames
+    cont = streamed(causal_pipe, frames=17, steps=2, context=first)                   # 2 more after them
+    assert cont.shape[2] == 2
+    again = streamed(causal_pipe, frames=17, steps=2, context=first, use_cache=False)
+    torch.testing.assert_close(cont, again, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="context"):
+        next(stream_latents(causal_pipe, [PROMPT], frames=9, context=torch.zeros(1, 4, 3, 4, 4)))
+
+
+def test_a_causal_model_extends_without_windows(causal_pipe):
+    from kinema.pipelines.extend import extend_video
+    from kinema.video.io import Video
+
+    src = Video(np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), 8.0)
+    out = extend_video(causal_pipe, src, PROMPT, frames=21, steps=2)
+    assert out.frames.shape == (21, 32, 32, 3)
+    assert np.array_equal(out.frames[:9], src.frames)  # the input's own frames come first
