@@ -35,4 +35,4 @@ def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).float().div(127.5).sub(1).permute(2, 0, 1)
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).float().div(127.5).sub(1).permute(2, 0, 1)
