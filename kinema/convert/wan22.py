@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 
 from kinema.convert import rename_keys
+from kinema.convert.wan_vae_names import MIDDLE as _MIDDLE, RESIDUAL as _RESIDUAL, TOP as _TOP
 from kinema.vae.model import VAEConfig
 
 # Wan 2.2's per-channel latent statistics (W22 wan/modules/vae2_2.py `Wan2_2_VAE`; diffusers' convert script).
@@ -77,13 +78,6 @@ def convert_diffusers_vae22(state: dict) -> dict:
 
 # ---- the original release ------------------------------------------------------------------------------------------
 
-_RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2.": "conv1.", "residual.3.gamma": "norm2.gamma",
-             "residual.6.": "conv2.", "shortcut.": "conv_shortcut."}
-_MIDDLE = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}
-_TOP = {"conv1.": "quant_conv.", "conv2.": "post_quant_conv.", "encoder.conv1.": "encoder.conv_in.",
-        "decoder.conv1.": "decoder.conv_in.", "encoder.head.0.": "encoder.norm_out.",
-        "encoder.head.2.": "encoder.conv_out.", "decoder.head.0.": "decoder.norm_out.",
-        "decoder.head.2.": "decoder.conv_out."}
 
 
 def is_wan22_original_vae(state) -> bool:

@@ -14,6 +14,7 @@ import math
 import re
 
 from kinema.convert import rename_keys
+from kinema.convert.wan_vae_names import MIDDLE as _MIDDLE, RESIDUAL as _RESIDUAL, TOP as _TOP
 from kinema.convert.wan import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 from kinema.dit.model import DiTConfig
 from kinema.vae.model import VAEConfig
@@ -92,15 +93,6 @@ def strip_comfy_prefix(keys) -> str:
 
 
 # ---- the original Wan 2.1 VAE ---------------------------------------------------------------------------------------
-
-_RESIDUAL = {"residual.0.gamma": "norm1.gamma", "residual.2.": "conv1.", "residual.3.gamma": "norm2.gamma",
-             "residual.6.": "conv2.", "shortcut.": "conv_shortcut."}
-_MIDDLE = {"0": "resnets.0", "1": "attentions.0", "2": "resnets.1"}
-_TOP = {"conv1.": "quant_conv.", "conv2.": "post_quant_conv.", "encoder.conv1.": "encoder.conv_in.",
-        "decoder.conv1.": "decoder.conv_in.", "encoder.head.0.": "encoder.norm_out.",
-        "encoder.head.2.": "encoder.conv_out.", "decoder.head.0.": "decoder.norm_out.",
-        "decoder.head.2.": "decoder.conv_out."}
-
 
 def _block_part(rest: str) -> str:
     """A residual block's / resample's parameter name inside a block, original -> kinema."""
