@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import torch
 
 from kinema.dit.cache import KVCache
-from kinema.flow.guidance import guided_velocity
 from kinema.vae.causal import CausalCache
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,8 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
             if past == "clean":
                 _record(pipe, latents, text, neg, s, cache)
             cache.end_chunk(latents.shape[2])
-        done = torch.cat([done, latents], dim=2)
+        if not use_cache:  # the cache-free reference recomputes the past from the latents themselves
+            done = torch.cat([done, latents], dim=2)
         yield latents
 
 
@@ -98,7 +98,7 @@ def _record(pipe, latents, text, neg, s, cache: KVCache) -> None:
     """One DiT call on the finished chunk at time 0, with the same guidance batch as sampling: its keys and values
     join the cache."""
     dit = pipe._dit_in(latents.dtype)
-    model = guided_velocity(lambda x, t, c: dit(x, t, c, kv=cache.record_slot()), text, neg, s.guidance)
+    model = pipe.guided_model(lambda x, t, c: dit(x, t, c, kv=cache.record_slot()), text, neg, s)
     model(latents, torch.zeros(latents.shape[0], dtype=latents.dtype, device=latents.device))
 
 
