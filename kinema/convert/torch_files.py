@@ -1,4 +1,4 @@
-"""Reading checkpoint files safely, with errors (ValueError) that name the file.
+"""Reading checkpoint files safely, with errors (ValueError) that name the file, and writing them atomically.
 
 `.safetensors` files are read tensor by tensor (cast to the wanted dtype as they come, so a bf16 checkpoint loaded in
 bf16 never exists in fp32). `.pth` files are pickles: they are only opened with
@@ -9,6 +9,8 @@ could still run code before 2.6 (CVE-2025-32434) and before 2.10 (CVE-2026-24747
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -83,3 +85,21 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
             return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as e:  # pickle errors, truncated zip archives, refused globals
         raise ValueError(f"cannot read {path} (truncated or not a torch state dict?): {_one_line(e)}") from e
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """safetensors to a temp file in the same folder, then rename: a reader never sees a partial file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -34,6 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from kinema.convert.torch_files import atomic_save_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -336,23 +337,6 @@ def save_lora(path: str | os.PathLike, model: nn.Module, name: str, config: LoRA
     metadata = {"format": FILE_FORMAT, **config.to_metadata(), **(extra_metadata or {})}
     return atomic_save_safetensors(tensors, path, metadata)
 
-
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                            metadata: dict[str, str] | None = None) -> Path:
-    """safetensors to a temp file in the same folder, then rename: a reader never sees a partial file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def adapter_name_for(model: nn.Module, path: str | os.PathLike) -> str:

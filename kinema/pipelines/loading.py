@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from kinema.convert import state_dict_mismatch
+from kinema.convert.torch_files import atomic_save_safetensors
 from kinema.dit.model import DiT, DiTConfig
 from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
 from kinema.text.encoder import TextEncoder, TextEncoderConfig
@@ -111,24 +112,14 @@ def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str =
                      f"{wan.LAYOUTS_HELP})")
 
 
-def _atomic_save_safetensors(state: dict, path: Path, metadata: dict | None = None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def save_model(path: str | os.PathLike, text_cfg: TextEncoderConfig, vae: VideoVAE, dit: DiT,
                defaults: GenerationSettings, name: str, extra: dict | None = None) -> Path:
     """Write a kinema model folder (each file atomically)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_save_safetensors(vae.state_dict(), path / "vae.safetensors")
-    _atomic_save_safetensors(dit.state_dict(), path / "dit.safetensors")
+    atomic_save_safetensors(vae.state_dict(), path / "vae.safetensors")
+    atomic_save_safetensors(dit.state_dict(), path / "dit.safetensors")
     spec = {"format": "kinema", "name": name, "text_encoder": text_cfg.to_dict(), "vae": vae.config.to_dict(),
             "dit": dit.config.to_dict(), "defaults": defaults.to_dict(), **(extra or {})}
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.json.", suffix=".tmp")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from kinema.dit.lora import BLOCK_TARGETS, LoRAConfig, atomic_save_safetensors, fold_lora, inject_lora, save_lora, \
-    train_only
+from kinema.convert.torch_files import atomic_save_safetensors
+from kinema.dit.lora import BLOCK_TARGETS, LoRAConfig, fold_lora, inject_lora, save_lora, train_only
 
 log = logging.getLogger(__name__)
 ADAPTER = "lora"          # the adapter's name inside the trained DiT
