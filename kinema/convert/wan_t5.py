@@ -16,6 +16,8 @@ The computation is the same (no attention scaling, bidirectional buckets with ma
 from __future__ import annotations
 
 import re
+
+from kinema.convert import rename_keys
 from pathlib import Path
 
 import torch
@@ -36,19 +38,17 @@ _RULES = [
 ]
 
 
+def _rename(key: str) -> str | None:
+    for pattern, repl in _RULES:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
 def convert_original_t5(state: dict) -> dict:
     """Wan T5Encoder state dict -> UMT5EncoderModel state dict; ValueError naming keys it does not know."""
-    out, unknown = {}, []
-    for key, value in state.items():
-        for pattern, repl in _RULES:
-            new, n = re.subn(pattern, repl, key)
-            if n:
-                out[new] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"not a Wan umT5 encoder: unexpected keys {sorted(unknown)[:5]}")
+    out = rename_keys(state, _rename, "Wan umT5 encoder")
     if "shared.weight" in out:
         out["encoder.embed_tokens.weight"] = out["shared.weight"]
     return out
