@@ -16,11 +16,11 @@ The computation is the same (no attention scaling, bidirectional buckets with ma
 from __future__ import annotations
 
 import re
-
-from kinema.convert import rename_keys
 from pathlib import Path
 
 import torch
+
+from kinema.convert import rename_keys
 
 from kinema.convert import state_dict_mismatch
 
