@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from kinema.convert import rename_keys
-
-from kinema.convert import state_dict_mismatch
+from kinema.convert import rename_keys, state_dict_mismatch
 
 _RULES = [
     (r"^token_embedding\.weight$", "shared.weight"),
