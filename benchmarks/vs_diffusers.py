@@ -50,6 +50,13 @@ def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def wan_text(tokens: int, text_dim: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """What a Wan pipeline feeds the DiT: a prompt's token states, zero-padded to 512 rows -> (1, 512, text_dim)."""
+    text = torch.zeros(1, 512, text_dim, device=device, dtype=dtype)
+    text[:, :tokens] = torch.randn(1, tokens, text_dim, device=device, dtype=dtype)
+    return text
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -81,7 +88,7 @@ def bench(name, spec, args, peak) -> str:
     heads, head_dim, layers, ffn, text_dim, (c, f, h, w) = spec
     x = torch.randn(1, c, f, h, w, device=args.device, dtype=dtype)
     t = torch.tensor([500.0], device=args.device)
-    text = torch.randn(1, 512 if args.wan13b else 64, text_dim, device=args.device, dtype=dtype)
+    text = wan_text(args.prompt_tokens, text_dim, args.device, dtype)
     runs = {"kinema": lambda: ours(x, t, text), "diffusers": lambda: ref(x, t, text, return_dict=False)[0]}
     outs = {k: fn() for k, fn in runs.items()}  # warm-up
     times, peaks = {k: [] for k in runs}, {}
@@ -112,6 +119,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--prompt-tokens", type=int, default=24,
+                   help="real (non-padding) text rows of the 512 the DiT gets; 512 = no padding")
     p.add_argument("--wan13b", action="store_true", help="only the Wan2.1-1.3B-size row (needs a GPU)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

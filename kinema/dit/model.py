@@ -70,6 +70,26 @@ class DiTConfig:
         return cls(**{k: tuple(v) if k == "patch_size" else v for k, v in d.items()})
 
 
+def collapse_padding(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Trailing all-zero text rows (Wan zero-pads every prompt to 512) folded into one, for cross-attention.
+
+    Equal rows give equal keys and values, and softmax attention over n equal keys equals attention over one of them
+    with log(n) added to its logit. So context (B, Lt, Dt) whose rows m.. are zero in every sample becomes
+    (B, m + 1, Dt) and an additive logit bias (1, m + 1) that is log(Lt - m) on the kept zero row: the same output,
+    computed over m + 1 keys instead of Lt. Only in fp32/fp64, where log(n) is held exactly enough; in half precision
+    (and when nothing is gained) it returns the context as it is and no bias."""
+    if context.dtype not in (torch.float32, torch.float64) or context.shape[1] < 3:
+        return context, None
+    real = context.ne(0).any(-1).any(0)                                          # (Lt,) row is real in any sample
+    m = int(torch.nonzero(real).max()) + 1 if bool(real.any()) else 0           # rows m.. are padding
+    pads = context.shape[1] - m
+    if pads < 2:
+        return context, None
+    bias = torch.zeros(1, m + 1, dtype=context.dtype, device=context.device)   # (1, Lt'): broadcasts over queries
+    bias[0, m] = math.log(pads)
+    return context[:, : m + 1], bias
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoid [cos | sin] of t (any shape) with frequencies exp(-ln(1e4) i / (dim/2)), fp32 -> (*t.shape, dim)."""
     half = dim // 2
@@ -112,7 +132,7 @@ class Attention(nn.Module):
         heads = lambda y: rearrange(y, "b l (n d) -> b n l d", n=self.num_heads)  # noqa: E731
         q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(context))), heads(self.v(context))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
 
     def attend(self, q, k, v, mask=None) -> torch.Tensor:
@@ -127,8 +147,9 @@ class Attention(nn.Module):
 class TokenGrid:
     """Where the tokens of one forward pass sit: the post-patch grid (F, H, W), frame-major, and its RoPE tables."""
     grid: tuple[int, int, int]
-    rope: tuple[torch.Tensor, torch.Tensor]   # cos, sin (L, head_dim / 2)
+    rope: torch.Tensor                        # rotation table, complex (L, head_dim / 2)
     kv: KVSlot | None = None                  # causal streaming: the past chunks' keys and values
+    text_bias: torch.Tensor | None = None     # (1, Lt) cross-attention logit bias of folded text padding
 
     @property
     def per_frame(self) -> int:
@@ -136,11 +157,11 @@ class TokenGrid:
 
     def frame_rope(self):
         """Tables of one frame's positions (spatial attention: the time angle is the same for all its tokens)."""
-        return tuple(r[: self.per_frame] for r in self.rope)
+        return self.rope[: self.per_frame]
 
     def time_rope(self):
         """Tables of the positions (f, 0, 0) (temporal attention: the space angles cancel along a time line)."""
-        return tuple(r[:: self.per_frame] for r in self.rope)
+        return self.rope[:: self.per_frame]
 
     def causal_mask(self, past_frames: int, device) -> torch.Tensor:
         """(L, L_past + L) bool: a token of frame i may see the past frames and the frames <= i of this pass."""
@@ -176,7 +197,7 @@ class Block(nn.Module):
         x = (x.float() + self.self_attention(modulated(x), tokens).float() * gate).type_as(x)
         if self.mode == "factorised":
             x = (x.float() + self.temporal_attention(modulated(x), tokens).float() * gate).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), context)
+        x = x + self.cross_attn(self.norm3(x), context, mask=tokens.text_bias)
         h = (self.norm2(x).float() * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
 
@@ -262,9 +283,10 @@ class DiT(nn.Module):
         t = t.reshape(t.shape[0], -1)                                             # (B, 1) or (B, L)
         temb = self.time_embedding(timestep_embedding(t, self.config.freq_dim).to(tokens.dtype))  # (B, Lt, D)
         e0 = self.time_projection(temb).unflatten(-1, (6, -1))                    # (B, Lt, 6, D)
-        context = self.text_embedding(context.to(tokens.dtype))                   # (B, Lt_text, D)
+        context, text_bias = collapse_padding(context.to(tokens.dtype))
+        context = self.text_embedding(context)                                    # (B, Lt_text, D)
         offset = kv.frame_offset if kv is not None else 0
-        layout = TokenGrid(grid, rope_table(grid, self.config.head_dim, x.device, offset), kv)
+        layout = TokenGrid(grid, rope_table(grid, self.config.head_dim, x.device, offset), kv, text_bias)
         for block in self.blocks:
             tokens = block(tokens, e0, context, layout)
         out = self.head(tokens, temb)                                             # (B, L, pt*ph*pw*C)

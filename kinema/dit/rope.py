@@ -2,7 +2,8 @@
 
 For head dim d: h_dim = w_dim = 2 * (d // 6) and t_dim = d - h_dim - w_dim (128 -> 44/42/42). Each axis has its
 own frequencies 1 / 10000^(2j / axis_dim) over its own slice, tables are built in float64 and rotate interleaved
-pairs (x[2i], x[2i+1]) as complex numbers.
+pairs (x[2i], x[2i+1]) as complex numbers: the table is e^(i angle), complex64 (L, d/2), and rotating is one complex
+multiply (one pass over q or k instead of six).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _axis_angles(n: int, dim: int, theta: float = 10000.0) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _rope_table(grid: tuple[int, int, int], head_dim: int, frame_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _rope_table(grid: tuple[int, int, int], head_dim: int, frame_offset: int) -> torch.Tensor:
     f, h, w = grid
     dt, dh, dw = axis_dims(head_dim)
     angles = torch.cat([
@@ -32,20 +33,17 @@ def _rope_table(grid: tuple[int, int, int], head_dim: int, frame_offset: int) ->
         _axis_angles(h, dh)[None, :, None, :].expand(f, h, w, dh // 2),
         _axis_angles(w, dw)[None, None, :, :].expand(f, h, w, dw // 2),
     ], dim=-1).reshape(f * h * w, head_dim // 2)  # (L, d/2), tokens in (f, h, w) row-major order
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
 def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device,
-               frame_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin tables (L, head_dim / 2) for a post-patch grid (F, H, W) whose frames start at `frame_offset`
-    (a chunk of a streamed video); cached per grid and offset."""
-    cos, sin = _rope_table(tuple(int(g) for g in grid), head_dim, int(frame_offset))
-    return cos.to(device), sin.to(device)
+               frame_offset: int = 0) -> torch.Tensor:
+    """Rotation table e^(i angle), complex64 (L, head_dim / 2), for a post-patch grid (F, H, W) whose frames start
+    at `frame_offset` (a chunk of a streamed video); cached per grid and offset."""
+    return _rope_table(tuple(int(g) for g in grid), head_dim, int(frame_offset)).to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, nh, L, hd) by the table; computed in fp32, returned in x's dtype."""
-    xf = x.float().unflatten(-1, (-1, 2))           # (B, nh, L, hd/2, 2)
-    re, im = xf[..., 0], xf[..., 1]
-    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of x (B, nh, L, hd) by the table (L, hd/2); computed in fp32, returned in x's dtype."""
+    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, nh, L, hd/2) complex
+    return torch.view_as_real(pairs * table).flatten(-2).type_as(x)

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from kinema.convert.wan import convert_diffusers_dit
-from kinema.dit.model import DiT, DiTConfig
+from kinema.dit.model import DiT, DiTConfig, collapse_padding
 from kinema.dit.rope import axis_dims
 from tests.conftest import tiny_dit
 
@@ -44,7 +46,33 @@ def test_matches_diffusers_wan_transformer(heads, head_dim, layers, ffn, text_di
                     freq_dim=32)
     dit = DiT(cfg).eval()
     dit.load_state_dict(convert_diffusers_dit(ref.state_dict()), strict=True)
-    x, t, text = torch.randn(2, 16, 3, 8, 12), torch.tensor([999.0, 321.0]), torch.randn(2, 9, text_dim)
-    expected = ref(x, t, text, return_dict=False)[0]
-    got = dit(x, t, text)
-    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+    x, t = torch.randn(2, 16, 3, 8, 12), torch.tensor([999.0, 321.0])
+    padded = torch.zeros(2, 40, text_dim)  # as Wan feeds prompts: token states, then zero rows (9 and 4 real rows)
+    padded[0, :9], padded[1, :4] = torch.randn(9, text_dim), torch.randn(4, text_dim)
+    for text in (torch.randn(2, 9, text_dim), padded):
+        expected = ref(x, t, text, return_dict=False)[0]
+        got = dit(x, t, text)
+        assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+
+
+def test_collapse_padding_folds_trailing_zero_rows_into_one_biased_row():
+    text = torch.zeros(2, 12, 3)
+    text[0, :5], text[1, :2] = 1.0, 2.0
+    kept, bias = collapse_padding(text)
+    assert kept.shape == (2, 6, 3) and kept[:, 5].eq(0).all()
+    torch.testing.assert_close(bias, torch.tensor([[0, 0, 0, 0, 0, math.log(7)]]))
+    assert collapse_padding(text[:, :6])[1] is None               # one padding row: nothing to fold
+    assert collapse_padding(text.bfloat16())[1] is None           # log(n) is not exact enough in bf16
+    everything = collapse_padding(torch.zeros(1, 8, 3))            # the empty prompt: one row for all eight
+    assert everything[0].shape == (1, 1, 3) and everything[1].item() == pytest.approx(math.log(8))
+
+
+@torch.no_grad()
+def test_folded_padding_gives_the_unfolded_output(monkeypatch):
+    dit = tiny_dit()
+    x, t = torch.randn(2, 4, 3, 8, 8), torch.tensor([100.0, 900.0])
+    text = torch.zeros(2, 32, 384)
+    text[0, :6], text[1, :3] = torch.randn(6, 384), torch.randn(3, 384)
+    folded = dit(x, t, text)
+    monkeypatch.setattr("kinema.dit.model.collapse_padding", lambda c: (c, None))
+    torch.testing.assert_close(folded, dit(x, t, text), rtol=0, atol=1e-5)
