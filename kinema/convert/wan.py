@@ -34,7 +34,18 @@ _DIFFUSERS_DIT_RULES = [
     (r"^blocks\.(\d+)\.norm2\.", r"blocks.\1.norm3."),  # diffusers' norm2 is the cross-attention norm
     (r"^blocks\.(\d+)\.ffn\.net\.0\.proj\.", r"blocks.\1.ffn.0."),
     (r"^blocks\.(\d+)\.ffn\.net\.2\.", r"blocks.\1.ffn.2."),
+    # Wan2.1 I2V / FLF2V: the CLIP token projector and each block's image key/value projections
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"^condition_embedder\.image_embedder\.pos_embed$", "img_emb.emb_pos"),
+    (r"^blocks\.(\d+)\.attn2\.add_k_proj\.", r"blocks.\1.cross_attn.k_img."),
+    (r"^blocks\.(\d+)\.attn2\.add_v_proj\.", r"blocks.\1.cross_attn.v_img."),
+    (r"^blocks\.(\d+)\.attn2\.norm_added_k\.", r"blocks.\1.cross_attn.norm_k_img."),
 ]
+# Keys diffusers itself drops on load (`_keys_to_ignore_on_load_unexpected`): an unused image query norm.
+_IGNORED_DIT_KEY = re.compile(r"^blocks\.\d+\.attn2\.norm_added_q\.")
 
 
 def diffusers_dit_key(key: str) -> str:
@@ -46,8 +57,9 @@ def diffusers_dit_key(key: str) -> str:
 
 
 def convert_diffusers_dit(state: dict) -> dict:
-    """A diffusers WanTransformer3DModel state dict with kinema/original-Wan key names."""
-    return {diffusers_dit_key(k): v for k, v in state.items()}
+    """A diffusers WanTransformer3DModel state dict with kinema/original-Wan key names (without the keys diffusers
+    ignores on load)."""
+    return {diffusers_dit_key(k): v for k, v in state.items() if not _IGNORED_DIT_KEY.match(k)}
 
 
 # ---- VAE ------------------------------------------------------------------------------------------------------------

@@ -21,16 +21,30 @@ from kinema.vae.model import VAEConfig
 
 COMFY_PREFIX = "model.diffusion_model."   # ComfyUI's repackaged DiT files prefix every key with this
 WAN_HEAD_DIM = 128                        # every released Wan model
+CLIP_DIM = 1280                           # Wan2.1 I2V/FLF2V: width of the CLIP ViT-H/14 tokens (MLPProj(1280, dim))
+FLF2V_IMAGE_TOKENS = 514                  # FLF2V: 2 images x 257 tokens, the length of its position table
 
 # ---- DiT configs ----------------------------------------------------------------------------------------------------
 
 
+def _diffusers_image_fields(c: dict, dim: int) -> dict:
+    """DiTConfig's image fields from diffusers' `image_dim` / `added_kv_proj_dim` / `pos_embed_seq_len`: Wan2.1
+    I2V/FLF2V project the CLIP tokens to the hidden size first, so the image keys/values take `dim` wide tokens."""
+    image_dim, kv_dim, pos = (c.get(k) for k in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"))
+    if image_dim is None:
+        if kv_dim is not None or pos is not None:
+            raise ValueError(f"added_kv_proj_dim={kv_dim} / pos_embed_seq_len={pos} without image_dim: not a Wan "
+                             "transformer kinema knows")
+        return {}
+    if kv_dim != dim:
+        raise ValueError(f"added_kv_proj_dim={kv_dim}: kinema's image cross-attention takes the projected image "
+                         f"tokens (added_kv_proj_dim = the hidden size {dim}, as every Wan2.1 I2V/FLF2V model has)")
+    return {"image_dim": int(image_dim), "image_pos_len": None if pos is None else int(pos)}
+
+
 def dit_config_from_diffusers(c: dict) -> DiTConfig:
-    """A diffusers `WanTransformer3DModel` config.json -> `DiTConfig` (text-to-video models only)."""
-    for field in ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len"):
-        if c.get(field) is not None:
-            raise ValueError(f"{field}={c[field]}: image-conditioned Wan transformers (I2V/FLF2V) are not "
-                             "supported yet")
+    """A diffusers `WanTransformer3DModel` config.json -> `DiTConfig` (T2V, TI2V, and Wan2.1 I2V/FLF2V with their
+    image branch)."""
     if c.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
         raise ValueError(f"transformer class {c['_class_name']!r} is not supported (WanTransformer3DModel only)")
     heads, head_dim = int(c.get("num_attention_heads", 40)), int(c.get("attention_head_dim", 128))
@@ -39,16 +53,19 @@ def dit_config_from_diffusers(c: dict) -> DiTConfig:
                      num_heads=heads, num_layers=int(c.get("num_layers", 40)), ffn_dim=int(c.get("ffn_dim", 13824)),
                      text_dim=int(c.get("text_dim", 4096)), freq_dim=int(c.get("freq_dim", 256)),
                      patch_size=tuple(int(p) for p in c.get("patch_size", (1, 2, 2))),
-                     cross_attn_norm=bool(c.get("cross_attn_norm", True)), eps=float(c.get("eps", 1e-6)))
+                     cross_attn_norm=bool(c.get("cross_attn_norm", True)), eps=float(c.get("eps", 1e-6)),
+                     **_diffusers_image_fields(c, heads * head_dim))
 
 
 def dit_config_from_wan(c: dict) -> DiTConfig:
     """The original release's `WanModel` config.json -> `DiTConfig` (model_type "t2v": Wan 2.1 T2V and each Wan 2.2
-    T2V-A14B expert; "ti2v": Wan 2.2 TI2V-5B)."""
+    T2V-A14B expert; "ti2v": Wan 2.2 TI2V-5B; "i2v" / "flf2v": Wan 2.1 I2V-14B / FLF2V-14B, whose `img_emb` takes
+    1280-wide CLIP tokens, FLF2V with a 514-token position table)."""
     kind = c.get("model_type", "t2v")
-    if kind not in ("t2v", "ti2v"):
-        raise ValueError(f"model_type {kind!r} is not supported yet ('t2v' and 'ti2v' only; image-conditioned "
-                         "'i2v'/'flf2v' need CLIP tokens or mask channels)")
+    if kind not in ("t2v", "ti2v", "i2v", "flf2v"):
+        raise ValueError(f"model_type {kind!r} is not supported ('t2v', 'ti2v', 'i2v' and 'flf2v' only)")
+    image = {} if kind in ("t2v", "ti2v") else {
+        "image_dim": CLIP_DIM, "image_pos_len": FLF2V_IMAGE_TOKENS if kind == "flf2v" else None}
     missing = [k for k in ("dim", "num_heads", "num_layers", "ffn_dim") if k not in c]
     if missing:
         raise ValueError(f"WanModel config lacks {missing}")
@@ -57,7 +74,7 @@ def dit_config_from_wan(c: dict) -> DiTConfig:
                      num_heads=int(c["num_heads"]), num_layers=int(c["num_layers"]), ffn_dim=int(c["ffn_dim"]),
                      text_dim=int(c.get("text_dim", 4096)), freq_dim=int(c.get("freq_dim", 256)),
                      patch_size=tuple(int(p) for p in c.get("patch_size", (1, 2, 2))),
-                     cross_attn_norm=bool(c.get("cross_attn_norm", True)), eps=float(c.get("eps", 1e-6)))
+                     cross_attn_norm=bool(c.get("cross_attn_norm", True)), eps=float(c.get("eps", 1e-6)), **image)
 
 
 def dit_config_from_state(state: dict, num_heads: int | None = None) -> DiTConfig:
@@ -69,9 +86,12 @@ def dit_config_from_state(state: dict, num_heads: int | None = None) -> DiTConfi
     missing = [k for k in need if k not in state]
     if missing:
         raise ValueError(f"not a Wan DiT with original key names: missing keys {missing}")
-    if any(k.startswith("img_emb.") for k in state):
-        raise ValueError("image-conditioned Wan DiTs (I2V/FLF2V, img_emb.*) are not supported yet")
     dim, in_ch, *patch = state["patch_embedding.weight"]
+    image = {}
+    if "img_emb.proj.0.weight" in state:  # Wan2.1 I2V / FLF2V
+        pos = state.get("img_emb.emb_pos")
+        image = {"image_dim": int(state["img_emb.proj.0.weight"][0]), "image_pos_len": None if pos is None
+                 else int(pos[1])}
     if num_heads is None:
         if dim % WAN_HEAD_DIM:
             raise ValueError(f"dim {dim} is not a multiple of Wan's head dim {WAN_HEAD_DIM}; give num_heads in a "
@@ -83,7 +103,7 @@ def dit_config_from_state(state: dict, num_heads: int | None = None) -> DiTConfi
                      ffn_dim=int(state["blocks.0.ffn.0.weight"][0]),
                      text_dim=int(state["text_embedding.0.weight"][1]),
                      freq_dim=int(state["time_embedding.0.weight"][1]), patch_size=tuple(int(p) for p in patch),
-                     cross_attn_norm="blocks.0.norm3.weight" in state)
+                     cross_attn_norm="blocks.0.norm3.weight" in state, **image)
 
 
 def strip_comfy_prefix(keys) -> str:

@@ -3,7 +3,10 @@
     latents (B, C, F, H, W) --3D patch embed--> tokens (B, L, D), L = F * H/2 * W/2
     t (B,) or per-token (B, L) --sinusoid + MLP--> temb, and 6 modulation vectors per block
     text (B, Lt, text_dim) --MLP--> context (B, Lt, D)
-    N x block: adaLN-modulated self-attention (QK RMS-norm, 3D RoPE) -> cross-attention to the text -> FFN, gated
+    image (B, Li, image_dim) CLIP tokens (Wan2.1 I2V/FLF2V only) --LN, MLP, LN--> image context (B, Li, D)
+    N x block: adaLN-modulated self-attention (QK RMS-norm, 3D RoPE) -> cross-attention to the text (and, beside
+               it with the same queries, to the image tokens; the two outputs are summed before one out-projection)
+               -> FFN, gated
     head: adaLN from temb -> linear -> unpatchify -> velocity (B, C_out, F, H, W)
 
 Self-attention has three modes (`DiTConfig.attention`), all through scaled_dot_product_attention:
@@ -47,6 +50,9 @@ class DiTConfig:
     eps: float = 1e-6                       # LayerNorm / RMSNorm epsilon
     attention: str = "full"                 # self-attention: "full" (Wan), "factorised" or "causal" (see above)
     temporal_conv: bool = False             # factorised only: depthwise temporal conv (kernel 3) beside temporal attn
+    image_dim: int | None = None            # CLIP token width of Wan2.1 I2V/FLF2V (1280); None: no image branch
+    image_pos_len: int | None = None        # FLF2V: learned positions added to both images' tokens (514 = 2 x 257);
+                                            # None: none (I2V)
 
     @property
     def head_dim(self) -> int:
@@ -61,6 +67,8 @@ class DiTConfig:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.temporal_conv and self.attention != "factorised":
             raise ValueError("temporal_conv is part of the factorised attention mode")
+        if self.image_pos_len is not None and self.image_dim is None:
+            raise ValueError("image_pos_len (FLF2V) needs the image branch (image_dim)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +151,45 @@ class Attention(nn.Module):
         return self.attend(*self.project(x, context, rope), mask)
 
 
+class ImageCrossAttention(Attention):
+    """Wan2.1 I2V cross-attention: the text attention, plus an attention of the same queries to the image tokens
+    through their own key/value projections and key norm (`k_img`, `v_img`, `norm_k_img`); the two results are
+    summed before the one output projection."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__(dim, num_heads, eps)
+        self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm_k_img = RMSNorm(dim, eps)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, image: torch.Tensor, mask=None) -> torch.Tensor:
+        """x (B, L, D) queries; context (B, Lt, D) text, `mask` its logit bias; image (B, Li, D) projected tokens."""
+        heads = lambda y: rearrange(y, "b l (n d) -> b n l d", n=self.num_heads)  # noqa: E731
+        q, k, v = self.project(x, context)                                          # (B, nh, L | Lt, hd)
+        k_img, v_img = heads(self.norm_k_img(self.k_img(image))), heads(self.v_img(image))  # (B, nh, Li, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask) + F.scaled_dot_product_attention(q, k_img, v_img)
+        return self.o(rearrange(y, "b n l d -> b l (n d)"))
+
+
+class ImageEmbedding(nn.Module):
+    """Wan's `img_emb` (MLPProj): CLIP tokens (B, Li, image_dim) -> LayerNorm, Linear, GELU (exact), Linear,
+    LayerNorm (eps 1e-5) -> (B, Li, D). FLF2V first adds learned positions `emb_pos` (1, Li, image_dim) to the
+    tokens of both images (the first image's, then the last's)."""
+
+    def __init__(self, image_dim: int, dim: int, pos_len: int | None = None):
+        super().__init__()
+        self.proj = nn.Sequential(LayerNorm(image_dim, eps=1e-5), nn.Linear(image_dim, image_dim), nn.GELU(),
+                                  nn.Linear(image_dim, dim), LayerNorm(dim, eps=1e-5))
+        self.emb_pos = nn.Parameter(torch.zeros(1, pos_len, image_dim)) if pos_len is not None else None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.emb_pos is not None:
+            if image.shape[1] != self.emb_pos.shape[1]:
+                raise ValueError(f"this DiT (FLF2V) takes {self.emb_pos.shape[1]} image tokens (first and last "
+                                 f"image), got {image.shape[1]}")
+            image = image + self.emb_pos
+        return self.proj(image)
+
+
 @dataclass
 class TokenGrid:
     """Where the tokens of one forward pass sit: the post-patch grid (F, H, W), frame-major, and its RoPE tables."""
@@ -150,6 +197,8 @@ class TokenGrid:
     rope: torch.Tensor                        # rotation table, complex (L, head_dim / 2)
     kv: KVSlot | None = None                  # causal streaming: the past chunks' keys and values
     text_bias: torch.Tensor | None = None     # (1, Lt) cross-attention logit bias of folded text padding
+    image: torch.Tensor | None = None         # (B, Li, D) projected CLIP tokens (Wan2.1 I2V/FLF2V), attended beside
+                                              # the text
 
     @property
     def per_frame(self) -> int:
@@ -185,7 +234,8 @@ class Block(nn.Module):
             self.temporal_attn = Attention(d, cfg.num_heads, cfg.eps)
             self.temporal_conv = nn.Conv1d(d, d, 3, padding=1, groups=d) if cfg.temporal_conv else None
         self.norm3 = LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = Attention(d, cfg.num_heads, cfg.eps)
+        self.image_branch = cfg.image_dim is not None
+        self.cross_attn = (ImageCrossAttention if self.image_branch else Attention)(d, cfg.num_heads, cfg.eps)
         self.norm2 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
@@ -197,9 +247,15 @@ class Block(nn.Module):
         x = (x.float() + self.self_attention(modulated(x), tokens).float() * gate).type_as(x)
         if self.mode == "factorised":
             x = (x.float() + self.temporal_attention(modulated(x), tokens).float() * gate).type_as(x)
-        x = x + self.cross_attn(self.norm3(x), context, mask=tokens.text_bias)
+        x = x + self.cross_attention(self.norm3(x), context, tokens)
         h = (self.norm2(x).float() * (1 + c_scale) + c_shift).type_as(x)
         return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+
+    def cross_attention(self, h: torch.Tensor, context: torch.Tensor, tokens: TokenGrid) -> torch.Tensor:
+        """Attention to the text (its folded padding biased), and for Wan2.1 I2V beside it to the image tokens."""
+        if self.image_branch:
+            return self.cross_attn(h, context, tokens.image, tokens.text_bias)
+        return self.cross_attn(h, context, mask=tokens.text_bias)
 
     def self_attention(self, h: torch.Tensor, tokens: TokenGrid) -> torch.Tensor:
         if self.mode == "full":
@@ -252,6 +308,7 @@ class DiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
+        self.img_emb = ImageEmbedding(cfg.image_dim, d, cfg.image_pos_len) if cfg.image_dim is not None else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -270,13 +327,19 @@ class DiT(nn.Module):
             if getattr(block, "temporal_conv", None) is not None:
                 nn.init.zeros_(block.temporal_conv.weight)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: KVSlot | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, kv: KVSlot | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, F, H, W) noisy latents; t (B,) or per-token (B, L) timesteps in [0, 1000]
         (= sigma * 1000); context (B, Lt, text_dim) -> velocity (B, C_out, F, H, W).
-        `kv` (causal mode): x is the next chunk of a video whose earlier chunks are in the KV cache."""
+        `kv` (causal mode): x is the next chunk of a video whose earlier chunks are in the KV cache.
+        `image` (B, Li, image_dim): CLIP tokens, for a DiT with an image branch (Wan2.1 I2V: 257 penultimate-layer
+        tokens of ViT-H/14; FLF2V: 514, the first image's then the last's), and only for it."""
         if kv is not None and self.config.attention != "causal":
             raise ValueError("a KV cache needs a causal DiT (attention='causal')")
+        if image is not None and self.img_emb is None:
+            raise ValueError("image tokens given to a DiT without an image branch (only Wan2.1 I2V/FLF2V take them)")
+        if image is None and self.img_emb is not None:
+            raise ValueError("this DiT (Wan2.1 I2V/FLF2V) needs the image's CLIP tokens (image=...)")
         pt, ph, pw = self.config.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         tokens = rearrange(self.patch_embedding(x), "b d f h w -> b (f h w) d")    # (B, L, D)
@@ -285,8 +348,9 @@ class DiT(nn.Module):
         e0 = self.time_projection(temb).unflatten(-1, (6, -1))                    # (B, Lt, 6, D)
         context, text_bias = collapse_padding(context.to(tokens.dtype))
         context = self.text_embedding(context)                                    # (B, Lt_text, D)
+        image = self.img_emb(image.to(tokens.dtype)) if image is not None else None   # (B, Li, D)
         offset = kv.frame_offset if kv is not None else 0
-        layout = TokenGrid(grid, rope_table(grid, self.config.head_dim, x.device, offset), kv, text_bias)
+        layout = TokenGrid(grid, rope_table(grid, self.config.head_dim, x.device, offset), kv, text_bias, image)
         for block in self.blocks:
             tokens = block(tokens, e0, context, layout)
         out = self.head(tokens, temb)                                             # (B, L, pt*ph*pw*C)

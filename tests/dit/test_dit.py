@@ -76,3 +76,36 @@ def test_folded_padding_gives_the_unfolded_output(monkeypatch):
     folded = dit(x, t, text)
     monkeypatch.setattr("kinema.dit.model.collapse_padding", lambda c: (c, None))
     torch.testing.assert_close(folded, dit(x, t, text), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pos_len", [None, 10])  # Wan2.1 I2V, and FLF2V (learned positions over both images' tokens)
+@torch.no_grad()
+def test_image_branch_matches_diffusers_wan_i2v_transformer(pos_len):
+    """Wan2.1 I2V/FLF2V: kinema takes the CLIP tokens as `image=` beside the text; diffusers takes them in
+    `encoder_hidden_states_image` and splits the text off the concatenated context with a hard-coded 512 rows."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    heads, head_dim, image_dim, text_dim = 2, 12, 20, 16
+    ref = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=36,
+        out_channels=16, text_dim=text_dim, freq_dim=32, ffn_dim=48, num_layers=2, image_dim=image_dim,
+        added_kv_proj_dim=heads * head_dim, pos_embed_seq_len=pos_len).eval()
+    for p in ref.parameters():
+        p.data.normal_(0, 0.2)
+    cfg = DiTConfig(in_channels=36, dim=heads * head_dim, num_heads=heads, num_layers=2, ffn_dim=48,
+                    text_dim=text_dim, freq_dim=32, image_dim=image_dim, image_pos_len=pos_len)
+    dit = DiT(cfg).eval()
+    dit.load_state_dict(convert_diffusers_dit(ref.state_dict()), strict=True)
+    x, t = torch.randn(2, 36, 3, 4, 6), torch.tensor([999.0, 321.0])
+    text = torch.zeros(2, 512, text_dim)  # Wan's zero-padded prompts (7 and 3 real rows): the padding is folded
+    text[0, :7], text[1, :3] = torch.randn(7, text_dim), torch.randn(3, text_dim)
+    image = torch.randn(2, pos_len or 5, image_dim)
+    theirs_image = image if pos_len is None else image.reshape(4, pos_len // 2, image_dim)  # diffusers: 2 per video
+    expected = ref(x, t, text, encoder_hidden_states_image=theirs_image, return_dict=False)[0]
+    got = dit(x, t, text, image=image)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-5
+    assert (dit(x, t, text, image=torch.randn_like(image)) - got).abs().max() > 1e-3   # the image matters
+    with pytest.raises(ValueError, match="needs the image's CLIP tokens"):
+        dit(x, t, text)
+    with pytest.raises(ValueError, match="without an image branch"):
+        tiny_dit()(torch.randn(1, 4, 1, 8, 8), t[:1], torch.randn(1, 5, 384), image=image[:1])
