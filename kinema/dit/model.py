@@ -71,7 +71,11 @@ class DiTConfig:
             raise ValueError("image_pos_len (FLF2V) needs the image branch (image_dim)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for key in ("image_dim", "image_pos_len"):  # model.json files of models without an image branch stay as
+            if d[key] is None:                      # they were
+                del d[key]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "DiTConfig":
