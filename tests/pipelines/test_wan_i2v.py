@@ -198,6 +198,40 @@ def test_clip_names_round_trip(i2v):
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
+def _wan_visual(state: dict, pixels: torch.Tensor, heads: int = 16) -> torch.Tensor:
+    """The release's vision tower on its own names, written from W21 wan/modules/clip.py (VisionTransformer.forward
+    with use_31_block=True: every block but the last; pre-norm, exact GELU, fused qkv as (3, heads, head_dim))."""
+    import torch.nn.functional as F
+
+    ln = lambda x, p: F.layer_norm(x, x.shape[-1:], state[p + ".weight"], state[p + ".bias"], 1e-5)  # noqa: E731
+    lin = lambda x, p: F.linear(x, state[p + ".weight"], state[p + ".bias"])  # noqa: E731
+    x = F.conv2d(pixels, state["visual.patch_embedding.weight"], stride=14).flatten(2).transpose(1, 2)
+    x = torch.cat([state["visual.cls_embedding"].expand(len(x), -1, -1), x], dim=1) + state["visual.pos_embedding"]
+    x = ln(x, "visual.pre_norm")
+    b, s, c = x.shape
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("visual.transformer."))
+    for i in range(layers - 1):
+        p = f"visual.transformer.{i}."
+        q, k, v = lin(ln(x, p + "norm1"), p + "attn.to_qkv").view(b, s, 3, heads, c // heads).unbind(2)
+        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        x = x + lin(a.transpose(1, 2).reshape(b, s, c), p + "attn.proj")
+        x = x + lin(F.gelu(lin(ln(x, p + "norm2"), p + "mlp.0")), p + "mlp.2")
+    return x
+
+
+@torch.no_grad()
+def test_original_clip_gives_the_release_tokens(i2v):
+    """The converted CLIP .pth, run as transformers' CLIPVisionModel (hidden_states[-2]), gives what the release's
+    own vision tower gives on the same pixels."""
+    _, paths = i2v
+    pipe = kinema.load_pipeline(paths["original"])
+    image = _image(7)
+    tokens = pipe.image_encoder([image])
+    state = torch.load(paths["original"] / CLIP_PTH, weights_only=True)
+    expected = _wan_visual(state, pipe.image_encoder.pixels([image]))
+    assert tokens.shape == (1, CLIP_TOKENS, 1280) and _rel(tokens, expected) <= 1e-5
+
+
 @torch.no_grad()
 def test_layouts_load_the_same_weights(i2v):
     _, paths = i2v
