@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 def state_dict_mismatch(own: dict, state: dict) -> str | None:
     """Why `state` does not fit a model whose state dict is `own` (missing/unexpected keys, a shape), or None."""
@@ -27,3 +29,12 @@ def rename_keys(state: dict, rename, what: str) -> dict:
     if unknown:
         raise ValueError(f"not a {what}: unexpected keys {sorted(unknown)[:5]}")
     return out
+
+
+def first_rule(key: str, rules) -> str | None:
+    """`key` rewritten by the first of `rules` ((regex, replacement) pairs) that matches it, or None."""
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None

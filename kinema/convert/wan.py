@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from kinema.convert import first_rule
 from kinema.convert.wan22 import convert_diffusers_vae22, is_wan22_diffusers_vae, wan22_vae_config
 from kinema.vae.model import VAEConfig, VideoVAE
 
@@ -49,11 +50,7 @@ _IGNORED_DIT_KEY = re.compile(r"^blocks\.\d+\.attn2\.norm_added_q\.")
 
 
 def diffusers_dit_key(key: str) -> str:
-    for pattern, repl in _DIFFUSERS_DIT_RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    return key
+    return first_rule(key, _DIFFUSERS_DIT_RULES) or key
 
 
 def convert_diffusers_dit(state: dict) -> dict:

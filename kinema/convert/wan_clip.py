@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from kinema.convert import rename_keys, state_dict_mismatch
+from kinema.convert import first_rule, rename_keys, state_dict_mismatch
 
 CLIP_HEAD_DIM = 80  # ViT-H/14: 1280 wide, 16 heads
 _DROPPED = re.compile(r"^(textual\.|log_scale$|visual\.head(\.|$))")
@@ -44,18 +44,10 @@ _RULES = [
 ]
 
 
-def _rename(key: str) -> str | None:
-    for pattern, repl in _RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    return None
-
-
 def convert_original_clip(state: dict) -> dict:
     """Wan's XLM-RoBERTa CLIP state dict -> `CLIPVisionModel` names (without the `vision_model.` prefix); ValueError
     naming keys it does not know."""
-    out = rename_keys({k: v for k, v in state.items() if not _DROPPED.match(k)}, _rename, "Wan CLIP checkpoint")
+    out = rename_keys({k: v for k, v in state.items() if not _DROPPED.match(k)}, lambda k: first_rule(k, _RULES), "Wan CLIP checkpoint")
     for key in [k for k in out if ".self_attn.qkv." in k]:
         for name, part in zip("qkv", out.pop(key).chunk(3, dim=0)):
             out[key.replace(".qkv.", f".{name}_proj.")] = part

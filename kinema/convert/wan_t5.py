@@ -15,12 +15,11 @@ The computation is the same (no attention scaling, bidirectional buckets with ma
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 
-from kinema.convert import rename_keys, state_dict_mismatch
+from kinema.convert import first_rule, rename_keys, state_dict_mismatch
 
 _RULES = [
     (r"^token_embedding\.weight$", "shared.weight"),
@@ -36,17 +35,9 @@ _RULES = [
 ]
 
 
-def _rename(key: str) -> str | None:
-    for pattern, repl in _RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    return None
-
-
 def convert_original_t5(state: dict) -> dict:
     """Wan T5Encoder state dict -> UMT5EncoderModel state dict; ValueError naming keys it does not know."""
-    out = rename_keys(state, _rename, "Wan umT5 encoder")
+    out = rename_keys(state, lambda k: first_rule(k, _RULES), "Wan umT5 encoder")
     if "shared.weight" in out:
         out["encoder.embed_tokens.weight"] = out["shared.weight"]
     return out
