@@ -42,18 +42,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def preset_of(model_dir: Path) -> str:
-    """The `kinema train` preset whose DiT config is the model's (the loop builds its DiT from a preset)."""
+def preset_args(model_dir: Path) -> list[str]:
+    """The `kinema train` flags that build the model's DiT config (the loop builds its DiT from a preset and an
+    attention mode): `--preset NAME`, plus `--attention MODE [--temporal-conv]` when the model's mode is not the
+    preset's."""
     from kinema.dit.model import DiTConfig
-    from kinema.train.dit import DIT_PRESETS
+    from kinema.train.dit import DIT_PRESETS, with_attention
 
     try:
         config = DiTConfig.from_dict(json.loads((model_dir / "model.json").read_text())["dit"])
     except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise ValueError(f"{model_dir} is not a kinema model folder: {e}") from None
     for name, preset in DIT_PRESETS.items():
-        if preset == config:
-            return name
+        try:
+            same = with_attention(preset, config.attention, config.temporal_conv) == config
+        except ValueError:  # a preset too small for the model's attention mode
+            same = False
+        if same:
+            mode = [] if config.attention == preset.attention else ["--attention", config.attention]
+            return ["--preset", name, *mode, *(["--temporal-conv"] if config.temporal_conv else [])]
     raise ValueError(f"the DiT of {model_dir} matches none of kinema train's presets ({', '.join(DIT_PRESETS)})")
 
 
@@ -69,7 +76,7 @@ def parse_args(argv: list[str]) -> tuple[LoRAConfig, argparse.Namespace]:
     alpha = own.lora_alpha if own.lora_alpha is not None else float(own.lora_rank)
     config = LoRAConfig(own.lora_rank, alpha, tuple(t for t in own.lora_targets.split(",") if t))
     model = resolve_model_path(own.model)
-    base = ["--vae", str(model), "--init", str(model), "--preset", preset_of(model)]
+    base = ["--vae", str(model), "--init", str(model), *preset_args(model)]
     args = train_dit.parse_args(base + TRAIN_DEFAULTS + rest)
     if getattr(args, "nproc", 1) > 1:
         raise ValueError("kinema lora train runs in one process (--nproc 1)")

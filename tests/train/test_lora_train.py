@@ -56,3 +56,21 @@ def test_bad_lora_training_input_is_one_clear_error(tiny_model_dir, tmp_path):
         train_lora.train(_argv(tiny_model_dir, tmp_path / "y", 1, "--lora-targets", "norm3"))
     with pytest.raises(ValueError, match="usage: kinema lora train"):
         train_lora.main(["fit"])
+
+
+@pytest.mark.parametrize("mode", ["full", "causal", "factorised"])
+def test_preset_args_rebuild_the_models_dit_config(tmp_path, mode):
+    from kinema.dit.model import DiT
+    from kinema.pipelines.loading import save_model
+    from kinema.pipelines.text_to_video import GenerationSettings
+    from kinema.text.encoder import TextEncoderConfig
+    from kinema.train.dit import DIT_PRESETS, parse_args, with_attention
+    from tests.conftest import tiny_vae
+
+    config = with_attention(DIT_PRESETS["shapes"], mode)
+    folder = save_model(tmp_path / mode, TextEncoderConfig(), tiny_vae(), DiT(config),
+                        GenerationSettings(), name=mode)
+    flags = train_lora.preset_args(folder)
+    args = parse_args(["--out", str(tmp_path / "run"), *flags])
+    rebuilt = DIT_PRESETS[args.preset]
+    assert (with_attention(rebuilt, args.attention) if args.attention else rebuilt) == config
