@@ -48,6 +48,15 @@ def read_pth(path: str | Path, torch_version: str | None = None) -> dict:
     return state
 
 
+def build_from_pth(path: str | Path, build, *args):
+    """`build(state_dict, *args)` on a `.pth` read by `read_pth`; a ValueError from it names the file."""
+    path = Path(path)
+    try:
+        return build(read_pth(path), *args)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def _read_pth_unmapped(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True, map_location="cpu")

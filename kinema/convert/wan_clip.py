@@ -97,10 +97,6 @@ def build_clip_vision(state: dict, dtype: torch.dtype = torch.float32):
 
 def load_original_clip(path: str | Path, dtype: torch.dtype = torch.float32):
     """`CLIPVisionModel` from Wan's `models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth`."""
-    from kinema.convert.torch_files import read_pth
+    from kinema.convert.torch_files import build_from_pth
 
-    path = Path(path)
-    try:
-        return build_clip_vision(read_pth(path), dtype)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return build_from_pth(path, build_clip_vision, dtype)

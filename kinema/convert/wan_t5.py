@@ -79,10 +79,6 @@ def build_umt5(state: dict, dtype: torch.dtype = torch.float32):
 
 def load_original_umt5(path: str | Path, dtype: torch.dtype = torch.float32):
     """`UMT5EncoderModel` from Wan's `models_t5_umt5-xxl-enc-bf16.pth` (read with `kinema.convert.torch_files`)."""
-    from kinema.convert.torch_files import read_pth
+    from kinema.convert.torch_files import build_from_pth
 
-    path = Path(path)
-    try:
-        return build_umt5(read_pth(path), dtype)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return build_from_pth(path, build_umt5, dtype)
