@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from kinema.dit.model import DiT
-from kinema.flow.samplers import SAMPLERS, quantised_timesteps
 from kinema.pipelines.image_encoder import ImageEncoder
-from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline, schedule_times
+from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
 from kinema.text.encoder import TextEncoder
 from kinema.vae.model import VideoVAE
 from kinema.video.image import fit_image, image_to_tensor
@@ -111,10 +110,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
         if kv_cache is not None:
             raise ValueError("image-to-video Wan models do not stream (no causal DiT)")
         model = self.guided_model(self.conditioned_dit(noise.dtype, keyframes), text, negative, s)
-        times, grid = schedule_times(s.schedule, s.steps, s.shift)
-        if grid is not None:  # outermost, so that it sees the sampler's (B,) times
-            model = quantised_timesteps(model, grid)
-        return SAMPLERS[s.sampler](model, noise, times, callback)
+        return self.sample(model, noise, s, callback)
 
     def conditioned_dit(self, dtype: torch.dtype, cond: ImageCondition):
         """The DiT as a function of (x, t, text) with the conditioning channels and tokens attached; the batch may

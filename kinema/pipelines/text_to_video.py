@@ -136,6 +136,11 @@ class TextToVideoPipeline:
             _, ph, pw = self.dit.config.patch_size
             model = with_given_frames(model, clean, given, (noise.shape[3] // ph) * (noise.shape[4] // pw))
             noise = torch.where(given[:, None, :, None, None], clean, noise)
+        return self.sample(model, noise, s, callback)
+
+    @staticmethod
+    def sample(model, noise: torch.Tensor, s: GenerationSettings, callback=None) -> torch.Tensor:
+        """Run the settings' sampler on velocity function `model` from `noise`, on the settings' time grid."""
         times, grid = schedule_times(s.schedule, s.steps, s.shift)
         if grid is not None:  # outermost, so that it sees the sampler's (B,) times
             model = quantised_timesteps(model, grid)
