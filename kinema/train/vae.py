@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fraction of clips with the object recoloured at random (colours beyond the vocabulary)")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--init", help="start from this VAE (a train-vae checkpoint or a model folder)")
+    p.add_argument("--refine-dim", type=int, default=None,
+                   help="give the decoder a refine head this wide (VAEConfig.refine_dim; with --init the new head "
+                        "starts at zero, so training starts from the given VAE's output)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train the decoder only: latents (and any DiT trained on them) stay valid")
     p.add_argument("--ckpt-every", type=int, default=200)
@@ -133,10 +137,21 @@ def build_vae(args: argparse.Namespace) -> VideoVAE:
         vae = load_vae_checkpoint(args.init).train().requires_grad_(True)
     else:
         vae = VideoVAE(VAE_PRESETS[args.preset])
+    if args.refine_dim is not None and args.refine_dim != vae.config.refine_dim:
+        vae = with_refine_head(vae, args.refine_dim)
     if args.freeze_encoder:
         vae.encoder.requires_grad_(False)
         vae.quant_conv.requires_grad_(False)
     return vae
+
+
+def with_refine_head(vae: VideoVAE, dim: int) -> VideoVAE:
+    """The same VAE with a (new, zero-output) decoder refine head of width `dim` (0: without one)."""
+    grown = VideoVAE(replace(vae.config, refine_dim=dim)).train()
+    weights = {k: v for k, v in vae.state_dict().items() if not k.startswith("decoder.refine.")}
+    missing, unexpected = grown.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith("decoder.refine.") for k in missing), (missing, unexpected)
+    return grown
 
 
 def train(args: argparse.Namespace) -> Path:

@@ -46,6 +46,9 @@ class VAEConfig:
     decoder_base_dim: int = 0                          # decoder width of the first stage (0: base_dim; Wan 2.2: 256)
     decoder_halves: bool = True                        # decoder upsample convs halve the channels (Wan 2.1); Wan 2.2
                                                        # keeps them, so each stage takes its full width
+    refine_dim: int = 0                                # >0: a decoder head this wide at 2x the resolution of the
+                                                       # last stage adds a finer correction (output patch_size / 2:
+                                                       # sharp edges for the patchified shapes VAE); 0: none (Wan)
     latents_mean: tuple[float, ...] = (0.0,) * 16      # per-channel statistics for latent normalisation
     latents_std: tuple[float, ...] = (1.0,) * 16
 
@@ -55,6 +58,8 @@ class VAEConfig:
             raise ValueError("temporal_downsample/spatial_downsample need one entry per downsample (len(dim_mult) - 1)")
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError("latents_mean/latents_std need one value per latent channel")
+        if self.refine_dim and self.patch_size % 2:
+            raise ValueError(f"refine_dim needs an even patch_size, got {self.patch_size}")
         if self.residual_pad not in ("repeat", "zero"):
             raise ValueError(f"residual_pad must be 'repeat' or 'zero', got {self.residual_pad!r}")
 
@@ -298,12 +303,39 @@ class Decoder(nn.Module):
         self.up_blocks = nn.ModuleList(blocks)
         self.norm_out = RMSNorm(dims[-1])
         self.conv_out = conv3x3(dims[-1], 3 * cfg.patch_size**2, cfg.conv)
+        self.refine = RefineHead(dims[-1], cfg.refine_dim, cfg.patch_size // 2, cfg.conv) if cfg.refine_dim else None
+        self.patch_size = cfg.patch_size
 
     def forward(self, z: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Latents (B, z, T', h, w) -> video (B, 3, T, H, W), unclamped."""
         x = self.mid_block(self.conv_in(z, cache), cache)
         for block in self.up_blocks:
             x = block(x, cache)
-        return self.conv_out(F.silu(self.norm_out(x)), cache)
+        p = self.patch_size
+        video = rearrange(self.conv_out(F.silu(self.norm_out(x)), cache),
+                          "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        return video if self.refine is None else video + self.refine(x, cache)
+
+
+class RefineHead(nn.Module):
+    """A last decoder stage at twice the resolution: 2x upsample, a residual block, and an output conv that starts
+    at zero (so a trained decoder keeps its output when the head is added) -> a correction of the video whose pixels
+    come in patches of `patch` (half the VAE's)."""
+
+    def __init__(self, in_dim: int, dim: int, patch: int, conv: str):
+        super().__init__()
+        self.up = Upsample(in_dim, temporal=False, out_dim=dim)
+        self.block = ResidualBlock(dim, dim, conv)
+        self.norm_out = RMSNorm(dim)
+        self.conv_out = CausalConv3d(dim, 3 * patch**2, (1, 3, 3), padding=(0, 1, 1))  # per frame
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+        self.patch = patch
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.block(self.up(x, cache), cache)                      # (B, dim, T, 2h, 2w)
+        y = self.conv_out(F.silu(self.norm_out(x)), cache)            # (B, 3 p^2, T, 2h, 2w)
+        return rearrange(y, "b (c r q) t h w -> b c t (h q) (w r)", q=self.patch, r=self.patch)
 
 
 def _chunks(n: int, first: int, size: int | None):
@@ -372,8 +404,7 @@ class VideoVAE(nn.Module):
         z = self.post_quant_conv(z)
         for s in _chunks(z.shape[2], 1, 1 if chunked else None):
             outs.append(self.decoder(z[:, :, s], cache))
-        p = self.config.patch_size
-        return rearrange(torch.cat(outs, dim=2), "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        return torch.cat(outs, dim=2)
 
     def decode(self, z: torch.Tensor, chunked: bool = True) -> torch.Tensor:
         """Normalised latents -> video (B, 3, T, H, W) in [-1, 1]."""
@@ -384,6 +415,4 @@ class VideoVAE(nn.Module):
         went through `cache` (a fresh one for the first) -> their video frames (B, 3, n, H, W) in [-1, 1].
         The pieces, concatenated, equal `decode` of the whole."""
         z = self.post_quant_conv(self.denormalise(z))
-        frames = torch.cat([self.decoder(z[:, :, i:i + 1], cache) for i in range(z.shape[2])], dim=2)
-        p = self.config.patch_size
-        return rearrange(frames, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p).clamp(-1.0, 1.0)
+        return torch.cat([self.decoder(z[:, :, i:i + 1], cache) for i in range(z.shape[2])], dim=2).clamp(-1.0, 1.0)
