@@ -80,3 +80,23 @@ def test_dit_training_can_start_from_a_model_folder(tmp_path):
     args.init = str(folder)
     train_dit.train(args)
     assert (tmp_path / "b" / "model" / "dit.safetensors").exists()
+
+
+def test_refine_head_starts_from_the_given_vae_and_trains_the_decoder_only(tmp_path):
+    """--init with --refine-dim: the grown VAE decodes exactly as the given one at step 0; with --freeze-encoder
+    training moves the decoder (the new head included) and leaves the encoder, so latents stay valid."""
+    from tests.conftest import tiny_vae
+
+    base = tiny_vae()
+    grown = train_vae.with_refine_head(base, 4)
+    z = torch.randn(1, 4, 2, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval().decode(z), base.decode(z), rtol=0, atol=0)
+    first = train_vae.train(_vae_args(tmp_path / "a", 2))
+    args = _vae_args(tmp_path / "b", 2)
+    args.init, args.refine_dim, args.freeze_encoder = str(first), 4, True
+    before = torch.load(first, weights_only=False)["ema"]  # --init starts from the EMA weights
+    after = _weights(train_vae.train(args))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
+    assert not torch.equal(before["decoder.conv_out.spatial.weight"], after["decoder.conv_out.spatial.weight"])
+    assert after["decoder.refine.conv_out.weight"].abs().max() > 0

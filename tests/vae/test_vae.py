@@ -88,3 +88,33 @@ def test_causal_conv_cache_matches_padding():
     cache = CausalCache()
     chunked = torch.cat([conv(x[:, :, s], cache) for s in (slice(0, 1), slice(1, 2), slice(2, 5), slice(5, 7))], 2)
     torch.testing.assert_close(chunked, conv(x), rtol=0, atol=1e-6)
+
+
+def _refined_vae(dim=4):
+    """The tiny VAE with a refine head whose output conv is not at its zero start."""
+    from dataclasses import replace
+
+    torch.manual_seed(1)
+    vae = VideoVAE(replace(tiny_vae().config, refine_dim=dim)).eval()
+    torch.nn.init.normal_(vae.decoder.refine.conv_out.weight, std=0.1)
+    return vae
+
+
+@torch.no_grad()
+def test_refine_head_keeps_decoding_causal_chunked_and_streamable():
+    from kinema.vae.causal import CausalCache
+
+    vae = _refined_vae()
+    z = torch.randn(1, 4, 4, 8, 8)
+    whole = vae.decode(z, chunked=False)
+    assert whole.shape == (1, 3, 13, 64, 64)
+    torch.testing.assert_close(vae.decode(z, chunked=True), whole, rtol=0, atol=1e-5)
+    torch.testing.assert_close(vae.decode(z[:, :, :2]), whole[:, :, :5], rtol=0, atol=1e-6)
+    cache = CausalCache()
+    pieces = [vae.decode_next(z[:, :, :1], cache), vae.decode_next(z[:, :, 1:], cache)]
+    torch.testing.assert_close(torch.cat(pieces, dim=2), whole, rtol=0, atol=1e-5)
+
+
+def test_refine_head_needs_an_even_patch():
+    with pytest.raises(ValueError, match="even patch_size"):
+        VAEConfig(z_dim=4, base_dim=4, patch_size=1, refine_dim=4, latents_mean=(0.0,) * 4, latents_std=(1.0,) * 4)
