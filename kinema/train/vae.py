@@ -10,6 +10,7 @@ plus a small KL term. Checkpoints are atomic; `--resume` continues from the last
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import replace
@@ -122,6 +123,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "starts at zero, so training starts from the given VAE's output)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train the decoder only: latents (and any DiT trained on them) stay valid")
+    p.add_argument("--model-out", help="with --freeze-encoder: when done, write --base-model with this VAE (its EMA) "
+                                        "in place to this folder (the DiT and latent statistics stay valid)")
+    p.add_argument("--base-model", help="the model folder --model-out starts from (default: --init)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -155,6 +159,8 @@ def with_refine_head(vae: VideoVAE, dim: int) -> VideoVAE:
 
 
 def train(args: argparse.Namespace) -> Path:
+    if args.model_out and not args.freeze_encoder:
+        raise ValueError("--model-out needs --freeze-encoder (a new encoder needs a new DiT: kinema train)")
     out, rng = Path(args.out), start_run(args)
     vae = build_vae(args)
     trainable = [p for p in vae.parameters() if p.requires_grad]
@@ -174,7 +180,32 @@ def train(args: argparse.Namespace) -> Path:
                       sec=round(time.time() - t0, 3))
         if step % args.ckpt_every == 0 or step == args.steps:
             save_checkpoint(ckpt_path, vae, ema, opt, step, rng, args)
+    if args.model_out:
+        export_model(ema.model, args.base_model or args.init, args.model_out)
     return ckpt_path
+
+
+def export_model(vae: VideoVAE, base: str | Path | None, out: str | Path) -> Path:
+    """The model folder `base` with `vae` in place of its VAE, written to `out`. Only a VAE whose encoder is the
+    base model's own may go in (a decoder-only run): the DiT was trained on that encoder's latents, whose
+    statistics are kept."""
+    from kinema.pipelines.loading import load_pipeline, resolve_model_path, save_model
+
+    folder = resolve_model_path(base) if base else None
+    if folder is None or not (folder / "model.json").exists():
+        raise ValueError("--model-out needs a model folder to start from (--base-model, or --init as a folder)")
+    pipe = load_pipeline(folder)
+    theirs, ours = pipe.vae.state_dict(), vae.state_dict()
+    if any(not torch.equal(theirs[k], ours[k]) for k in theirs if k.startswith(("encoder.", "quant_conv."))):
+        raise ValueError(f"the VAE's encoder is not {base}'s: its DiT would need retraining (kinema train)")
+    cfg = replace(vae.config, latents_mean=pipe.vae.config.latents_mean, latents_std=pipe.vae.config.latents_std)
+    new = VideoVAE(cfg)
+    new.load_state_dict(ours)
+    spec = json.loads((folder / "model.json").read_text())
+    extra = {k: v for k, v in spec.items() if k not in ("format", "name", "text_encoder", "vae", "dit", "defaults")}
+    path = save_model(out, pipe.text_encoder.config, new, pipe.dit, pipe.defaults, pipe.name, extra)
+    log.info("wrote %s (%s with the new VAE)", path, base)
+    return path
 
 
 def main(argv=None) -> int:

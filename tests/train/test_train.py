@@ -100,3 +100,29 @@ def test_refine_head_starts_from_the_given_vae_and_trains_the_decoder_only(tmp_p
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("encoder.", "quant_conv.")))
     assert not torch.equal(before["decoder.conv_out.spatial.weight"], after["decoder.conv_out.spatial.weight"])
     assert after["decoder.refine.conv_out.weight"].abs().max() > 0
+
+
+def test_a_decoder_only_run_exports_the_base_model_with_the_new_vae(tmp_path, tiny_model_dir):
+    """--model-out writes the base model with the trained VAE: DiT and latent statistics as they were, encoder
+    unchanged, the new decoder (refine head included) in place; a run that trains the encoder cannot export."""
+    import pytest
+
+    args = _vae_args(tmp_path / "run", 2)
+    args.init, args.refine_dim, args.freeze_encoder = str(tiny_model_dir), 4, True
+    args.model_out = str(tmp_path / "model")
+    train_vae.train(args)
+    base, new = kinema.load_pipeline(tiny_model_dir), kinema.load_pipeline(tmp_path / "model")
+    assert all(torch.equal(v, new.dit.state_dict()[k]) for k, v in base.dit.state_dict().items())
+    assert new.vae.config.latents_std == base.vae.config.latents_std and new.vae.config.refine_dim == 4
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(new.vae.encode(video), base.vae.encode(video), rtol=0, atol=0)
+        assert not torch.equal(new.vae.decode(base.vae.encode(video)), base.vae.decode(base.vae.encode(video)))
+    other = train_vae.with_refine_head(base.vae, 0)
+    with torch.no_grad():
+        other.encoder.conv_in.spatial.weight.add_(0.01)
+    with pytest.raises(ValueError, match="encoder is not"):
+        train_vae.export_model(other, tiny_model_dir, tmp_path / "bad")
+    args.freeze_encoder = False
+    with pytest.raises(ValueError, match="needs --freeze-encoder"):
+        train_vae.train(args)
