@@ -18,8 +18,9 @@ from kinema.eval.judge import judge_clip, turn_points
 
 WINDOW = 17                # frames per window: the length the models are trained on
 MAX_COLOUR_DIST = 60.0     # as the clip judge: nearest vocabulary pair (yellow/orange) is 71 apart
-EDGE_MARGIN = 0.2          # a turn counts as "at the edge" within 20 % of the width from a side (object half-size
-                           # included: the centre of a touching object sits half its size from the edge)
+EDGE_SLACK = 0.06          # a turn counts as "at the edge" when the centre is within half the object's size (where
+                           # the centre of an object touching the side sits) + 6 % of the width (a frame's travel
+                           # and the detector's error) of a side
 MAX_DRIFT = 8.0            # colour drift, 0-255 units per channel
 
 
@@ -42,7 +43,8 @@ def judge_long_bounce(frames: np.ndarray, scene: Scene) -> dict:
     shapes = [judge_clip(frames[w]).shape for w in parts]
     x = j.centres[j.found, 0]
     turns = turn_points(x, 0.02 * width) if len(x) > 1 else []  # legs of >= 2 % of the width
-    at_edge = [min(p, width - p) <= EDGE_MARGIN * width for p in turns]
+    margin = 0.5 * float(np.median(j.sizes[j.found])) + EDGE_SLACK * width if j.found.any() else 0.0
+    at_edge = [min(p, width - p) <= margin for p in turns]
     first, last = j.object_rgb[:WINDOW][j.found[:WINDOW]], j.object_rgb[-WINDOW:][j.found[-WINDOW:]]
     drift = float(np.abs(first.mean(0) - last.mean(0)).max()) if len(first) and len(last) else float("nan")
     report = {

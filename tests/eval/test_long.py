@@ -37,3 +37,23 @@ def test_drift_a_wrong_colour_and_a_mid_frame_turn_fail():
     assert not judge_long_bounce(frames, Scene("green", "circle", "bounce", "black"))["pass"]
     x = np.concatenate([np.linspace(10, 32, 20), np.linspace(32, 10, 20)])  # turns in the middle
     assert turn_points(x, 0.02 * 64) == [32.0]
+
+
+def test_every_rendered_bounce_turns_at_the_edges_whatever_the_object_size():
+    """Objects of 30-40 % of the frame touch the side with their centre 10-13 px in: all rendered bounces pass."""
+    for seed in range(12):
+        frames, scene = bounce(("red", "blue", "green")[seed % 3], ("circle", "square", "triangle")[seed % 3],
+                               seed=100 + seed)
+        r = judge_long_bounce(frames, scene)
+        assert r["turns"] >= 2 and r["turns_at_edges"] == r["turns"], r
+
+
+def test_a_rendered_bounce_that_turns_in_mid_frame_fails():
+    from kinema.eval.judge import judge_clip
+
+    frames, scene = bounce(frames=65, seed=3)
+    x = judge_clip(frames).centres[:, 0]
+    k = int(np.argmin(np.abs(x - 32)[:40]))  # a frame with the object in the middle
+    turned = np.concatenate([frames[: k + 1], frames[k - 1::-1][:60]])  # back the way it came from there
+    r = judge_long_bounce(turned, scene)
+    assert r["turns"] >= 1 and r["turns_at_edges"] < r["turns"] and not r["pass"], r
