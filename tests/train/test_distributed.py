@@ -15,7 +15,8 @@ def _torchrun(argv, timeout=120):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "kinema.cli", "train", "--nproc", "2", *argv]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = "\n".join(line for line in done.stderr.splitlines() if "rror" in line or "xception" in line)
+    assert done.returncode == 0, f"exit {done.returncode}; error lines:\n{errors[-4000:]}\n--- end:\n{done.stderr[-3000:]}"
     return done
 
 
