@@ -311,10 +311,13 @@ class Decoder(nn.Module):
         x = self.mid_block(self.conv_in(z, cache), cache)
         for block in self.up_blocks:
             x = block(x, cache)
-        p = self.patch_size
-        video = rearrange(self.conv_out(F.silu(self.norm_out(x)), cache),
-                          "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
+        video = unpatchify(self.conv_out(F.silu(self.norm_out(x)), cache), self.patch_size)
         return video if self.refine is None else video + self.refine(x, cache)
+
+
+def unpatchify(y: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, 3 p^2, T, h, w) -> (B, 3, T, h p, w p): the inverse of the encoder's space-to-depth."""
+    return rearrange(y, "b (c r q) t h w -> b c t (h q) (w r)", q=p, r=p)
 
 
 class RefineHead(nn.Module):
@@ -334,8 +337,7 @@ class RefineHead(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.block(self.up(x, cache), cache)                      # (B, dim, T, 2h, 2w)
-        y = self.conv_out(F.silu(self.norm_out(x)), cache)            # (B, 3 p^2, T, 2h, 2w)
-        return rearrange(y, "b (c r q) t h w -> b c t (h q) (w r)", q=self.patch, r=self.patch)
+        return unpatchify(self.conv_out(F.silu(self.norm_out(x)), cache), self.patch)  # (B, 3, T, 2h p, 2w p)
 
 
 def _chunks(n: int, first: int, size: int | None):
