@@ -161,6 +161,7 @@ def with_refine_head(vae: VideoVAE, dim: int) -> VideoVAE:
 def train(args: argparse.Namespace) -> Path:
     if args.model_out and not args.freeze_encoder:
         raise ValueError("--model-out needs --freeze-encoder (a new encoder needs a new DiT: kinema train)")
+    base = model_folder(args.base_model or args.init) if args.model_out else None  # checked before training
     out, rng = Path(args.out), start_run(args)
     vae = build_vae(args)
     trainable = [p for p in vae.parameters() if p.requires_grad]
@@ -181,19 +182,27 @@ def train(args: argparse.Namespace) -> Path:
         if step % args.ckpt_every == 0 or step == args.steps:
             save_checkpoint(ckpt_path, vae, ema, opt, step, rng, args)
     if args.model_out:
-        export_model(ema.model, args.base_model or args.init, args.model_out)
+        export_model(ema.model, base, args.model_out)
     return ckpt_path
+
+
+def model_folder(name: str | Path | None) -> Path:
+    """The kinema model folder a decoder-only run is exported into (a built-in name or a path)."""
+    from kinema.pipelines.loading import resolve_model_path
+
+    folder = resolve_model_path(name) if name else None
+    if folder is None or not (folder / "model.json").exists():
+        raise ValueError("--model-out needs a model folder to start from (--base-model, or --init as a folder)")
+    return folder
 
 
 def export_model(vae: VideoVAE, base: str | Path | None, out: str | Path) -> Path:
     """The model folder `base` with `vae` in place of its VAE, written to `out`. Only a VAE whose encoder is the
     base model's own may go in (a decoder-only run): the DiT was trained on that encoder's latents, whose
     statistics are kept."""
-    from kinema.pipelines.loading import load_pipeline, resolve_model_path, save_model
+    from kinema.pipelines.loading import load_pipeline, save_model
 
-    folder = resolve_model_path(base) if base else None
-    if folder is None or not (folder / "model.json").exists():
-        raise ValueError("--model-out needs a model folder to start from (--base-model, or --init as a folder)")
+    folder = model_folder(base)
     pipe = load_pipeline(folder)
     theirs, ours = pipe.vae.state_dict(), vae.state_dict()
     if any(not torch.equal(theirs[k], ours[k]) for k in theirs if k.startswith(("encoder.", "quant_conv."))):
