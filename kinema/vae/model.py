@@ -4,7 +4,8 @@ One class, configured by `VAEConfig`. The Wan 2.1 VAE is the config with full 3D
 patchify. The Wan 2.2 VAE (`kinema.convert.wan22.wan22_vae_config`) patchifies 2x2 pixels first (16x spatial),
 adds parameter-free shortcuts around each stage (`residual`, with frame 0 zero-padded, none around the decoder's
 last stage), and has a wider decoder whose upsamples keep the channels. The embedded `shapes` VAE patchifies too
-and uses factorised (2+1)D convolutions, so that it trains on a CPU.
+and uses factorised (2+1)D convolutions, so that it trains on a CPU, and its decoder ends with a refine head at twice
+the last stage's resolution (`refine_dim`) for sharper object edges.
 
 Frames: a video of 1 + 4k frames maps to 1 + k latent frames. Latent frame 0 sees only frame 0 (so an image is a
 1-frame video); latent frame i sees frames up to 4i. Encoding runs chunk by chunk (frame 0, then 4 frames at a
