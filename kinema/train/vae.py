@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from kinema.data.shapes import COLOURS, HELD_OUT, random_training_clip
-from kinema.train.common import EMA, MetricsLog, optimizer_step, resume, run_main, save_checkpoint, set_lr, start_run
+from kinema.train.common import (EMA, MetricsLog, atomic_save, optimizer_step, resume, run_main, save_checkpoint,
+                                 set_lr, start_run)
+from kinema.train.decoder_pairs import build_pairs, pair_batch
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,17 @@ def vae_step(vae: VideoVAE, video, cover, args) -> dict[str, torch.Tensor]:
     with torch.set_grad_enabled(not args.freeze_encoder):
         mean, logvar = vae.encode_moments(video, chunked=False)
     z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+    losses = decoder_losses(vae, z, video, cover, args)
+    losses["kl"] = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
+    losses["loss"] = losses["loss"] + args.kl_weight * losses["kl"]
+    return losses
+
+
+def decoder_losses(vae: VideoVAE, z, video, cover, args) -> dict[str, torch.Tensor]:
+    """Reconstruction losses of decoding raw latents z (B, C, T', H', W') against video (B, 3, T, H, W)."""
     recon = vae.decode_raw(z, chunked=False)
     losses = reconstruction_loss(recon, video, object_weight(cover, args.object_weight))
-    losses["kl"] = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
-    losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"] + args.kl_weight * losses["kl"]
+    losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"]
     return losses
 
 
@@ -126,6 +135,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model-out", help="with --freeze-encoder: when done, write --base-model with this VAE (its EMA) "
                                         "in place to this folder (the DiT and latent statistics stay valid)")
     p.add_argument("--base-model", help="the model folder --model-out starts from (default: --init)")
+    p.add_argument("--pairs-model",
+                   help="with --freeze-encoder: also train the decoder on latents this model's DiT regenerates from "
+                        "real clips (kinema/train/decoder_pairs.py), so it draws the real clip from what the DiT "
+                        "makes; the model's encoder must be the VAE's")
+    p.add_argument("--pairs", type=int, default=1536, help="--pairs-model: regenerated clips (built once, cached)")
+    p.add_argument("--pairs-frac", type=float, default=0.5, help="--pairs-model: fraction of steps on those pairs")
+    p.add_argument("--pairs-strength", default="0.25,0.75",
+                   help="--pairs-model: range of the time the real latents are noised to before the DiT samples "
+                        "them back (0: the real latents, 1: pure noise)")
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
@@ -161,9 +179,12 @@ def with_refine_head(vae: VideoVAE, dim: int) -> VideoVAE:
 def train(args: argparse.Namespace) -> Path:
     if args.model_out and not args.freeze_encoder:
         raise ValueError("--model-out needs --freeze-encoder (a new encoder needs a new DiT: kinema train)")
+    if args.pairs_model and not args.freeze_encoder:
+        raise ValueError("--pairs-model needs --freeze-encoder (the pairs are latents of the model's encoder)")
     base = model_folder(args.base_model or args.init) if args.model_out else None  # checked before training
     out, rng = Path(args.out), start_run(args)
     vae = build_vae(args)
+    pairs = generated_pairs(args, vae, out) if args.pairs_model else None
     trainable = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0, betas=(0.9, 0.99))
     ema, ckpt_path = EMA(vae, args.ema), out / "checkpoint.pt"
@@ -172,9 +193,13 @@ def train(args: argparse.Namespace) -> Path:
     lengths = [int(f) for f in str(args.frames).split(",")]
     while step < args.steps:
         t0, lr = time.time(), set_lr(opt, step, args)
-        video, cover = clip_batch(rng, args.batch, lengths[rng.integers(len(lengths))], args.size,
-                                  args.colour_jitter)
-        losses = vae_step(vae, video, cover, args)
+        if pairs is not None and rng.random() < args.pairs_frac:
+            video, cover, z = pair_batch(pairs, args.batch, rng)
+            losses = decoder_losses(vae, z, video, cover, args)
+        else:
+            video, cover = clip_batch(rng, args.batch, lengths[rng.integers(len(lengths))], args.size,
+                                      args.colour_jitter)
+            losses = vae_step(vae, video, cover, args)
         gnorm = optimizer_step(vae, opt, ema, losses["loss"], step)
         step += 1
         metrics.write(step, **{k: v.item() for k, v in losses.items()}, gnorm=gnorm, lr=lr,
@@ -184,6 +209,29 @@ def train(args: argparse.Namespace) -> Path:
     if args.model_out:
         export_model(ema.model, base, args.model_out)
     return ckpt_path
+
+
+def generated_pairs(args, vae: VideoVAE, out: Path) -> dict:
+    """The decoder pairs of --pairs-model (built once, then read from the run folder)."""
+    from kinema.pipelines.loading import load_pipeline
+
+    path = out / "pairs.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    pipe = load_pipeline(model_folder(args.pairs_model))
+    if not same_encoder(pipe.vae, vae):
+        raise ValueError(f"--pairs-model {args.pairs_model}: its encoder is not the VAE's (--init)")
+    lo, hi = (float(x) for x in str(args.pairs_strength).split(","))
+    pairs = build_pairs(pipe, args.pairs, args.seed, (lo, hi))
+    atomic_save(pairs, path)
+    return pairs
+
+
+def same_encoder(a: VideoVAE, b: VideoVAE) -> bool:
+    """Whether two VAEs encode alike (equal encoder and quant_conv weights)."""
+    theirs, ours = a.state_dict(), b.state_dict()
+    return all(torch.equal(theirs[k], ours[k].to(theirs[k])) for k in theirs
+               if k.startswith(("encoder.", "quant_conv.")))
 
 
 def model_folder(name: str | Path | None) -> Path:
@@ -204,12 +252,11 @@ def export_model(vae: VideoVAE, base: str | Path | None, out: str | Path) -> Pat
 
     folder = model_folder(base)
     pipe = load_pipeline(folder)
-    theirs, ours = pipe.vae.state_dict(), vae.state_dict()
-    if any(not torch.equal(theirs[k], ours[k]) for k in theirs if k.startswith(("encoder.", "quant_conv."))):
+    if not same_encoder(pipe.vae, vae):
         raise ValueError(f"the VAE's encoder is not {base}'s: its DiT would need retraining (kinema train)")
     cfg = replace(vae.config, latents_mean=pipe.vae.config.latents_mean, latents_std=pipe.vae.config.latents_std)
     new = VideoVAE(cfg)
-    new.load_state_dict(ours)
+    new.load_state_dict(vae.state_dict())
     spec = json.loads((folder / "model.json").read_text())
     extra = {k: v for k, v in spec.items() if k not in ("format", "name", "text_encoder", "vae", "dit", "defaults")}
     path = save_model(out, pipe.text_encoder.config, new, pipe.dit, pipe.defaults, pipe.name, extra)
