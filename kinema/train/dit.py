@@ -162,6 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--text-dropout", type=float, default=0.1, help="fraction of captions replaced by ''")
     p.add_argument("--t-shift", type=float, default=2.0, help="timestep shift of the training t draw")
+    p.add_argument("--sample-shift", type=float, default=None,
+                   help="timestep shift the model samples with, written to its defaults (default: --t-shift)")
     p.add_argument("--cond-frac", type=float, default=0.35,
                    help="fraction of samples conditioned on given latent frames (image-to-video, keyframes)")
     p.add_argument("--ckpt-every", type=int, default=500)
@@ -381,6 +383,10 @@ def _restore(source, d: parallel.Dist):
     return on_load
 
 
+def sample_shift(args) -> float:
+    return args.t_shift if args.sample_shift is None else args.sample_shift
+
+
 def save_run(out: Path, step: int, state: dict, args, d: parallel.Dist, hooks: TrainHooks) -> None:
     """Checkpoint (rank 0 writes; every rank takes part in the gathers) and the loadable EMA model folder."""
     dit, ema, opt, vae, text_cfg = (state[k] for k in ("dit", "ema", "opt", "vae", "text_cfg"))
@@ -390,7 +396,7 @@ def save_run(out: Path, step: int, state: dict, args, d: parallel.Dist, hooks: T
         return
     save_checkpoint(out / "checkpoint.pt", dit, ema, opt, step, state["np_rng"], args, state["g"], extra)
     frames = 1 + 4 * (args.window - 1) if args.window else args.frames
-    defaults = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift)
+    defaults = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=sample_shift(args))
     ema_model = parallel.full_model(ema.model, extra.get("ema"))
     save_model(out / "model", text_cfg, vae, ema_model, defaults, name="shapes" if state["pool"] else out.name,
                extra={"trained_steps": step})
@@ -447,7 +453,7 @@ def _sample(out: Path, step: int, state: dict, args, d: parallel.Dist, source) -
         log.info("samples are not written under --fsdp (the EMA weights are sharded)")
         return
     frames = 1 + 4 * (args.window - 1) if args.window else args.frames
-    settings = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=args.t_shift,
+    settings = GenerationSettings(frames=frames, height=args.size, width=args.size, shift=sample_shift(args),
                                   steps=args.sample_steps)
     path = run_log.write_sample(out / "samples" / f"step{step:07d}.mp4", state["text_cfg"], state["vae"],
                                 state["ema"].model, settings, args.sample_prompt or source.first_caption(), d.device)

@@ -5,6 +5,10 @@
 Clips are rendered on the fly (never a held-out pair). The loss is L1 + L2 + an image-gradient L1, each weighted
 up on the object's pixels (objects cover ~5-20 % of a frame; an unweighted loss first learns the background only),
 plus a small KL term. Checkpoints are atomic; `--resume` continues from the last one.
+
+Decoder-only runs (`--freeze-encoder`) keep the latent space, so a DiT trained on it stays valid: they can add a
+refine head (`--refine-dim`), and learn from the DiT's own latents (`--pairs-model`: real clips noised and sampled
+back by the model, `kinema/train/decoder_pairs.py`); `--model-out` writes the model with the new decoder in place.
 """
 
 from __future__ import annotations

@@ -78,8 +78,11 @@ def test_dit_training_can_start_from_a_model_folder(tmp_path):
     folder = tmp_path / "a" / "model"
     args = _dit_args(folder, tmp_path / "b", 2)
     args.init = str(folder)
+    args.t_shift, args.sample_shift = 1.0, 3.0  # train on more low-noise times, sample as before
     train_dit.train(args)
     assert (tmp_path / "b" / "model" / "dit.safetensors").exists()
+    assert kinema.load_pipeline(folder).defaults.shift == 2.0                    # --t-shift's default
+    assert kinema.load_pipeline(tmp_path / "b" / "model").defaults.shift == 3.0  # --sample-shift
 
 
 def test_refine_head_starts_from_the_given_vae_and_trains_the_decoder_only(tmp_path):
