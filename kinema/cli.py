@@ -47,6 +47,13 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _count(s: str) -> int:
+    v = _whole(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {v}")
+    return v
+
+
 def _number(s: str) -> float:
     try:
         v = float(s)
@@ -355,6 +362,9 @@ def add_extend(sub) -> None:
     p.add_argument("-o", "--output", default="extended.mp4", help=".mp4, .gif or a folder/ for PNG frames")
     p.add_argument("--model", default="shapes")
     p.add_argument("--context", type=_positive_int, default=5, help="frames each window continues from (1 + 4j)")
+    p.add_argument("--blend", type=_count, default=4,
+                   help="input frames before the join faded into their VAE reconstruction, so the first generated "
+                        "frame does not jump (0: keep every input frame as it was)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
@@ -374,7 +384,8 @@ def cmd_extend(args) -> int:
     pipe = kinema.load_pipeline(args.model, device=args.device)
     bar, progress = progress_bar(args.quiet)
     settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
-    video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, **settings)
+    video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, args.blend,
+                         **settings)
     bar.close()
     save_output(video, args.output, run={"extended": str(Path(args.video).resolve()), **video.metadata})
     print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")

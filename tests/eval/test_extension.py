@@ -37,7 +37,8 @@ def test_window_starts_match_extend_video(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(extend, "colour_match", paint)
     pipe = load_pipeline(tiny_model_dir)
     src = Video(np.zeros((9, 32, 32, 3), np.uint8))
-    out = extend.extend_video(pipe, src, "a red circle moving right on a black background", 25, 5, steps=1).frames
+    out = extend.extend_video(pipe, src, "a red circle moving right on a black background", 25, 5, steps=1,
+                              blend=0).frames
     changes = [t for t in range(1, len(out)) if out[t, 0, 0, 0] != out[t - 1, 0, 0, 0]]
     assert changes == window_starts(9, 25, pipe.defaults.frames, 5) and len(painted) == 4
 
@@ -117,4 +118,5 @@ def test_extend_prompt_list():
     from kinema.eval.run import default_prompts, load_prompts
 
     prompts = load_prompts(default_prompts("extension"))
-    assert len(prompts) >= 8 and all(s.motion != "still" for _, s in prompts)
+    assert len(prompts) >= 8 and all(s.motion == "bounce" for _, s in prompts)  # the one motion that goes on
+    assert {s.shape for _, s in prompts} == {"circle", "square", "triangle"} and not any(s.held_out for _, s in prompts)

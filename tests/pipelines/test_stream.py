@@ -103,4 +103,5 @@ def test_a_causal_model_extends_without_windows(causal_pipe):
     src = Video(np.random.default_rng(0).integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), 8.0)
     out = extend_video(causal_pipe, src, PROMPT, frames=21, steps=2)
     assert out.frames.shape == (21, 32, 32, 3)
-    assert np.array_equal(out.frames[:9], src.frames)  # the input's own frames come first
+    assert np.array_equal(out.frames[:5], src.frames[:5])  # the input's own frames come first, the last 4 faded
+    assert np.array_equal(extend_video(causal_pipe, src, PROMPT, frames=21, steps=2, blend=0).frames[:9], src.frames)
