@@ -8,7 +8,7 @@ to each new window so that colour and brightness do not drift from window to win
 
 Generated frames are VAE decodings, the input's frames are not: the last `blend` frames before each join cross-fade
 into their own reconstructions (the decoded context), so the first generated frame follows without a jump (the
-reconstruction error, ~29 dB for the shapes VAE, is as large as a frame's motion). `blend=0` keeps every input
+reconstruction error, ~30 dB for the shapes VAE, is as large as a frame's motion). `blend=0` keeps every input
 frame exactly as it was.
 """
 
