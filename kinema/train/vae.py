@@ -99,10 +99,21 @@ def vae_step(vae: VideoVAE, video, cover, args) -> dict[str, torch.Tensor]:
     with torch.set_grad_enabled(not args.freeze_encoder):
         mean, logvar = vae.encode_moments(video, chunked=False)
     z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-    losses = decoder_losses(vae, z, video, cover, args)
+    losses = decoder_losses(vae, noised_latents(z, args.latent_noise), video, cover, args)
     losses["kl"] = 0.5 * (mean.square() + logvar.exp() - 1 - logvar).mean()
     losses["loss"] = losses["loss"] + args.kl_weight * losses["kl"]
     return losses
+
+
+def noised_latents(z: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """z (B, C, T', H', W') plus Gaussian noise of per-sample scale U(0, sigma_max) times each channel's spread in
+    the batch (detached), so the decoder learns to draw the clip from latents as inexact as a DiT's and the encoder
+    cannot escape the noise by scaling its latents up. sigma_max 0: z unchanged."""
+    if sigma_max <= 0:
+        return z
+    spread = z.detach().transpose(0, 1).flatten(1).std(dim=1)                         # (C,)
+    scale = sigma_max * torch.rand(z.shape[0], 1, 1, 1, 1, dtype=z.dtype, device=z.device)
+    return z + scale * spread[:, None, None, None] * torch.randn_like(z)
 
 
 def decoder_losses(vae: VideoVAE, z, video, cover, args) -> dict[str, torch.Tensor]:
@@ -129,6 +140,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--colour-jitter", type=float, default=0.0,
                    help="fraction of clips with the object recoloured at random (colours beyond the vocabulary)")
+    p.add_argument("--latent-noise", type=float, default=0.0,
+                   help="decode latents with Gaussian noise of up to this fraction of each channel's spread (per clip "
+                        "a uniform draw), so shapes survive the small latent errors a DiT makes")
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--init", help="start from this VAE (a train-vae checkpoint or a model folder)")
     p.add_argument("--refine-dim", type=int, default=None,
