@@ -39,6 +39,7 @@ from kinema.text.encoder import TextEncoder, TextEncoderConfig
 from kinema.train import parallel, run_log, sources
 from kinema.train.common import (EMA, apply_gradients, atomic_save, resume, run_main, save_checkpoint, set_lr,
                                  start_run)
+from kinema.train.decoded_loss import DecodedLoss
 from kinema.vae.model import VAEConfig, VideoVAE
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="timestep shift the model samples with, written to its defaults (default: --t-shift)")
     p.add_argument("--cond-frac", type=float, default=0.35,
                    help="fraction of samples conditioned on given latent frames (image-to-video, keyframes)")
+    p.add_argument("--pixel-loss", type=float, default=0.0,
+                   help="weight of a pixel loss on the predicted clean latents, through the frozen VAE decoder, at "
+                        "low noise (kinema/train/decoded_loss.py; 0: off)")
+    p.add_argument("--pixel-t-max", type=float, default=0.5, help="--pixel-loss: only samples with t below this")
+    p.add_argument("--pixel-samples", type=int, default=8, help="--pixel-loss: at most this many samples per step")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -252,8 +258,10 @@ def clean_prefix(given: torch.Tensor, starts: torch.Tensor | None, frac: float, 
     return torch.where(pick[:, None], prefix, given)
 
 
-def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample flow-matching MSE (B,) over the frames that are not given.
+def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None,
+              decoded: DecodedLoss | None = None) -> torch.Tensor:
+    """Per-sample flow-matching MSE (B,) over the frames that are not given (plus, with `decoded`, the pixel loss
+    of the predicted clean latents through the VAE decoder).
 
     t (B,) is the time of the generated frames; given (B, T') marks clean frames whose tokens get t = 0.
     """
@@ -267,7 +275,10 @@ def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None) -
     v = dit(x_t, t_tokens * TIMESTEP_SCALE, text)
     err = (v - velocity_target(x0, noise)).square().mean(dim=(1, 3, 4))              # (B, T')
     keep = (~given).float()
-    return (err * keep).sum(1) / keep.sum(1).clamp(min=1)
+    loss = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
+    if decoded is not None:
+        loss = loss + decoded.weight * decoded(x0, x_t, v, t_frame, t)
+    return loss
 
 
 def per_bin(t: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
@@ -350,7 +361,8 @@ def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
     return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part])]
 
 
-def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, step: int):
+def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, step: int,
+               decoded: DecodedLoss | None = None):
     """One optimizer step over `--grad-accum` micro-batches; returns the global batch's per-sample losses and
     times (gathered from every rank) and the gradient norm."""
     x0, text, t, noise, given = batch
@@ -360,7 +372,7 @@ def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, st
         part = slice(k * micro, (k + 1) * micro)
         with parallel.no_sync(model, last=k == args.grad_accum - 1):
             with parallel.autocast(d):
-                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part])
+                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part], decoded)
             (loss.float().sum() / n).backward()
         losses.append(loss.detach().float())
     gnorm = apply_gradients(dit, opt, ema, step)
@@ -425,9 +437,11 @@ def train(args: argparse.Namespace, hooks: TrainHooks | None = None) -> Path:
     state = {"dit": dit, "ema": ema, "opt": opt, "vae": vae, "text_cfg": text_cfg, "source": source, "g": g,
              "np_rng": np_rng, "pool": isinstance(source, sources.PoolSource)}
     run = run_log.RunLog(out, args, step, d.main)
+    decoded = DecodedLoss(vae.to(d.device).requires_grad_(False), args.pixel_loss, args.pixel_t_max,
+                          args.pixel_samples) if args.pixel_loss else None
     while step < args.steps:
         t0, lr = time.time(), set_lr(opt, step, args)
-        losses, t, gnorm = train_step(model, dit, opt, ema, draw_batch(source, g, args, d), args, d, step)
+        losses, t, gnorm = train_step(model, dit, opt, ema, draw_batch(source, g, args, d), args, d, step, decoded)
         step += 1
         run.step(step, loss=float(losses.mean()), gnorm=gnorm, lr=lr, sec=round(time.time() - t0, 3),
                  **per_bin(t, losses))
