@@ -86,6 +86,17 @@ def object_weight(cover: torch.Tensor, boost: float) -> torch.Tensor:
     return 1.0 + boost * grown
 
 
+def contrast_weight(video: torch.Tensor, cover: torch.Tensor, reference: float, cap: float) -> torch.Tensor:
+    """(B, 1, 1, 1, 1) per-clip loss weight reference / contrast, clamped to [1, cap]: the contrast is the distance
+    (0-255 units) between the object's colour (fully covered pixels) and the background's. An edge blurred by a
+    pixel costs a loss in proportion to its contrast, so without this low-contrast objects (most colours on gray)
+    come back blurred (measured: docs/models/shapes.md)."""
+    full, none = (cover > 0.99).to(video.dtype), (cover == 0).to(video.dtype)         # (B, 1, T, H, W)
+    mean = lambda m: (video * m).sum(dim=(2, 3, 4)) / m.sum(dim=(2, 3, 4)).clamp(min=1)  # noqa: E731  (B, 3)
+    contrast = (mean(full) - mean(none)).norm(dim=1) * 127.5                          # (B,)
+    return (reference / contrast.clamp(min=1.0)).clamp(1.0, cap)[:, None, None, None, None]
+
+
 def reconstruction_loss(recon, target, weight) -> dict[str, torch.Tensor]:
     err = recon - target
     dx = lambda v: v[..., :, 1:] - v[..., :, :-1]  # noqa: E731
@@ -119,7 +130,10 @@ def noised_latents(z: torch.Tensor, sigma_max: float) -> torch.Tensor:
 def decoder_losses(vae: VideoVAE, z, video, cover, args) -> dict[str, torch.Tensor]:
     """Reconstruction losses of decoding raw latents z (B, C, T', H', W') against video (B, 3, T, H, W)."""
     recon = vae.decode_raw(z, chunked=False)
-    losses = reconstruction_loss(recon, video, object_weight(cover, args.object_weight))
+    weight = object_weight(cover, args.object_weight)
+    if args.contrast_reference:
+        weight = weight * contrast_weight(video, cover, args.contrast_reference, args.contrast_cap)
+    losses = reconstruction_loss(recon, video, weight)
     losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"]
     return losses
 
@@ -136,6 +150,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--object-weight", type=float, default=8.0, help="extra loss weight on object pixels")
+    p.add_argument("--contrast-reference", type=float, default=0.0,
+                   help="weigh each clip's loss by this over its object/background contrast (0-255 units; e.g. 250),"
+                        " at least 1, so low-contrast edges are drawn as sharp as high-contrast ones (0: off)")
+    p.add_argument("--contrast-cap", type=float, default=3.0, help="--contrast-reference: the largest clip weight")
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--colour-jitter", type=float, default=0.0,

@@ -27,3 +27,18 @@ def test_colour_jitter_changes_the_batch():
     a, _ = clip_batch(np.random.default_rng(2), 4, 5, 32, 0.0)
     b, _ = clip_batch(np.random.default_rng(2), 4, 5, 32, 1.0)
     assert a.shape == b.shape and not np.allclose(a.numpy(), b.numpy())
+
+
+def test_low_contrast_clips_weigh_more_and_weights_stay_in_bounds():
+    import torch
+
+    from kinema.data.shapes import Scene, render_clip
+    from kinema.train.vae import contrast_weight
+
+    clips = [render_clip(Scene(c, "square", "still", b), np.random.default_rng(0), 5, 32, 32)
+             for c, b in [("purple", "gray"), ("yellow", "black"), ("white", "black")]]
+    video = torch.from_numpy(np.stack([c.frames for c in clips])).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+    cover = torch.from_numpy(np.stack([c.coverage for c in clips]))[:, None]
+    w = contrast_weight(video, cover, 250.0, 3.0).flatten()
+    assert w[0] > 2.0 and w[1] == 1.0 and w[2] == 1.0      # purple on gray: contrast ~101
+    assert torch.all(contrast_weight(video, cover, 1e4, 3.0) == 3.0)
