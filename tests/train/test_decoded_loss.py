@@ -3,8 +3,8 @@ import torch
 from kinema.flow.convention import add_noise, velocity_target
 from kinema.train import dit as train_dit
 from kinema.train.decoded_loss import DecodedLoss, object_weights
-from kinema.vae.model import VideoVAE
 from kinema.train.vae import VAE_PRESETS
+from kinema.vae.model import VideoVAE
 
 
 def _setup(b=4, seed=0):
