@@ -254,7 +254,8 @@ def generated_pairs(args, vae: VideoVAE, out: Path) -> dict:
     path = out / "pairs.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
-    pipe = load_pipeline(model_folder(args.pairs_model, "--pairs-model"))
+    pipe = load_pipeline(model_folder(args.pairs_model,
+                                      f"--pairs-model {args.pairs_model}: not a kinema model folder (no model.json)"))
     if not same_encoder(pipe.vae, vae):
         raise ValueError(f"--pairs-model {args.pairs_model}: its encoder is not the VAE's (--init)")
     lo, hi = (float(x) for x in str(args.pairs_strength).split(","))
@@ -270,16 +271,16 @@ def same_encoder(a: VideoVAE, b: VideoVAE) -> bool:
                if k.startswith(("encoder.", "quant_conv.")))
 
 
-def model_folder(name: str | Path | None, flag: str = "--model-out") -> Path:
-    """The kinema model folder (a built-in name or a path) that `flag` needs: the one a decoder-only run is exported
-    into, or the one --pairs-model makes pairs with."""
+MODEL_OUT_BASE = "--model-out needs a model folder to start from (--base-model, or --init as a folder)"
+
+
+def model_folder(name: str | Path | None, missing: str = MODEL_OUT_BASE) -> Path:
+    """The kinema model folder `name` (a built-in name or a path); `missing` is the error when there is none."""
     from kinema.pipelines.loading import resolve_model_path
 
     folder = resolve_model_path(name) if name else None
     if folder is None or not (folder / "model.json").exists():
-        if flag == "--model-out":
-            raise ValueError("--model-out needs a model folder to start from (--base-model, or --init as a folder)")
-        raise ValueError(f"{flag} {name}: not a kinema model folder (no model.json)")
+        raise ValueError(missing)
     return folder
 
 
