@@ -64,6 +64,13 @@ def _number(s: str) -> float:
     return v
 
 
+def _strength(s: str) -> float:
+    v = _number(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a strength in [0, 1], got {v}")
+    return v
+
+
 def _seed(s: str) -> int:
     v = _whole(s)
     if not 0 <= v < 2**63:
@@ -365,6 +372,9 @@ def add_extend(sub) -> None:
     p.add_argument("--blend", type=_count, default=4,
                    help="input frames before the join faded into their VAE reconstruction, so the first generated "
                         "frame does not jump (0: keep every input frame as it was)")
+    p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
+                   help="histogram-match the generated frames' colours to the input's last frames, against colour "
+                        "drift (0: off; lower it for a scene that should change colour)")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
@@ -385,7 +395,7 @@ def cmd_extend(args) -> int:
     bar, progress = progress_bar(args.quiet)
     settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, args.blend,
-                         **settings)
+                         args.colour_match, **settings)
     bar.close()
     save_output(video, args.output, run={"extended": str(Path(args.video).resolve()), **video.metadata})
     print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
@@ -439,6 +449,8 @@ def add_eval(sub) -> None:
                       help="extension: generate each prompt, extend it to FRAMES (default 65) with kinema extend, "
                            "and measure window seams and colour drift")
     p.add_argument("--context", type=_positive_int, default=5, help="--extend: frames each window continues from")
+    p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
+                   help="--extend: strength of kinema extend's colour match to the input (0: off)")
     p.add_argument("--stream", action="store_true",
                    help="causal models: generate chunk by chunk with a clean past, as kinema generate --stream")
     p.add_argument("--vae-recon", action="store_true",

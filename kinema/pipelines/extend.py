@@ -2,9 +2,13 @@
 
 Each window has the model's frame count. Its first latent frames are given: the causal VAE's latents of the last
 `context` (1 + 4j) frames so far, held fixed while the rest is sampled (the keyframe mechanism of
-image-to-video). The decoded window repeats the context frames; only the frames after them are appended. A
-per-channel affine colour match, measured between the decoded context and the real context frames, is applied
-to each new window so that colour and brightness do not drift from window to window.
+image-to-video). The decoded window repeats the context frames; only the frames after them are appended.
+
+Colour and brightness drift over a long continuation (the model renders the object's colour a little differently
+each window: measured in docs/models/shapes.md). Every generated frame is therefore histogram-matched to the input's
+last frames (`kinema.video.colour_match`, per channel; `match` is its strength, 0 turns it off), as colour-match
+nodes do in long-video workflows. It assumes the continuation shows what the input shows; for a scene that should
+change colour (a sunset, a cut), turn it down or off.
 
 Generated frames are VAE decodings, the input's frames are not: the last `blend` frames before each join cross-fade
 into their own reconstructions (the decoded context), so the first generated frame follows without a jump (the
@@ -17,21 +21,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kinema.video.colour_match import histogram_match
 from kinema.video.image import fit_image
 from kinema.video.io import Video
 
 
 BLEND = 4  # input frames faded into their reconstructions before the first generated frame (one latent frame)
+MATCH = 1.0  # strength of the colour match of generated frames to the input's last frames (0: off)
 
 
-def colour_match(new: np.ndarray, decoded_context: np.ndarray, context: np.ndarray) -> np.ndarray:
-    """Map new frames' colours by the per-channel affine map taking decoded_context to context."""
-    src = decoded_context.reshape(-1, 3).astype(np.float64)
-    dst = context.reshape(-1, 3).astype(np.float64)
-    scale = dst.std(0) / np.maximum(src.std(0), 1.0)
-    scale = np.clip(scale, 0.8, 1.25)  # a correction, not a re-grade
-    out = (new.astype(np.float64) - src.mean(0)) * scale + dst.mean(0)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+def match_to_input(frames: np.ndarray, anchor: np.ndarray, strength: float) -> np.ndarray:
+    """Generated frames (T, H, W, 3) colour-matched to the input's last frames `anchor` (strength 0: as they are)."""
+    return histogram_match(frames, anchor, strength) if strength > 0 else frames
 
 
 def cross_fade(own: np.ndarray, recon: np.ndarray) -> np.ndarray:
@@ -43,14 +44,17 @@ def cross_fade(own: np.ndarray, recon: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5, seed: int = 0,
-                 callback=None, blend: int = BLEND, **overrides) -> Video:
+                 callback=None, blend: int = BLEND, match: float = MATCH, **overrides) -> Video:
     """`video` continued to `frames` frames (1 + 4k) at the model's size; its own frames come first (the last
-    `blend` of them, up to `context`, faded into their reconstructions). A causal model continues in latent space
-    (`extend_streamed`), any other window after window."""
+    `blend` of them, up to `context`, faded into their reconstructions), the generated ones colour-matched to its
+    last frames with strength `match`. A causal model continues in latent space (`extend_streamed`), any other
+    window after window."""
     if blend < 0:
         raise ValueError(f"blend must be 0 or more frames, got {blend}")
+    if not 0 <= match <= 1:
+        raise ValueError(f"the colour-match strength must be in [0, 1], got {match}")
     if pipe.dit.config.attention == "causal":
-        return extend_streamed(pipe, video, prompt, frames, seed, blend=blend, **overrides)
+        return extend_streamed(pipe, video, prompt, frames, seed, blend=blend, match=match, **overrides)
     s = pipe.settings(seed=seed, **overrides)
     if (frames - 1) % 4 or frames <= video.num_frames:
         raise ValueError(f"--frames must be 1 + 4k and longer than the input ({video.num_frames} frames)")
@@ -59,6 +63,7 @@ def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5,
     if video.num_frames < context:
         raise ValueError(f"the input video has {video.num_frames} frames; at least {context} are needed")
     out = [fit_image(f, s.height, s.width) for f in video.frames]
+    anchor = np.stack(out[-s.frames:])
     text, neg = pipe.encode_prompts([prompt], s.negative_prompt)
     n_given = 1 + (context - 1) // 4
     window = 0
@@ -70,20 +75,20 @@ def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5,
         given[:, :n_given] = True
         noise = pipe.initial_noise(s, [s.seed + window])
         decoded = Video.from_tensor(pipe.decode(pipe.denoise(noise, text, neg, s, callback, (clean, given)))).frames
-        matched = colour_match(decoded, decoded[:context], ctx)
+        matched = match_to_input(decoded, anchor, match)
         k = min(blend, context)
         if k:
             out[-k:] = list(cross_fade(np.stack(out[-k:]), matched[context - k:context]))
         out += list(matched[context:][: frames - len(out)])
         window += 1
     meta = {**s.to_dict(), "model": pipe.name, "prompt": prompt, "extended_from": video.num_frames,
-            "context": context, "blend": min(blend, context)}
+            "context": context, "blend": min(blend, context), "colour_match": match}
     return Video(np.stack(out), s.fps, meta)
 
 
 @torch.no_grad()
 def extend_streamed(pipe, video: Video, prompt: str, frames: int, seed: int = 0, window: int = 4,
-                    blend: int = BLEND, **overrides) -> Video:
+                    blend: int = BLEND, match: float = MATCH, **overrides) -> Video:
     """A causal model's extension: the input (its first 1 + 4j frames) is encoded once, its latents become the clean
     past of a stream (the last `window` latent frames attended to), and the new latent frames are sampled chunk by
     chunk and decoded together with the input's, so nothing goes through the VAE twice and no window has a seam.
@@ -99,9 +104,10 @@ def extend_streamed(pipe, video: Video, prompt: str, frames: int, seed: int = 0,
     overrides = {k: v for k, v in overrides.items() if k != "frames"}
     new = list(stream_latents(pipe, [prompt], [seed], window=window, context=latents, frames=frames, **overrides))
     decoded = Video.from_tensor(pipe.decode(torch.cat([latents, *new], dim=2))[0]).frames
+    generated = match_to_input(decoded[n_in:], kept[-s.frames:], match)
     k = min(blend, n_in - 1)                                                          # frame 0 stays as it was
     if k:
         kept[n_in - k:] = cross_fade(kept[n_in - k:], decoded[n_in - k:n_in])
     meta = {**s.to_dict(), "frames": frames, "model": pipe.name, "prompt": prompt, "extended_from": video.num_frames,
-            "blend": k}
-    return Video(np.concatenate([kept, decoded[n_in:]]), s.fps, meta)
+            "blend": k, "colour_match": match}
+    return Video(np.concatenate([kept, generated]), s.fps, meta)

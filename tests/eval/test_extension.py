@@ -31,10 +31,10 @@ def test_window_starts_match_extend_video(tiny_model_dir, monkeypatch):
 
     painted = []
 
-    def paint(new, decoded_context, context):
+    def paint(new, anchor, strength):
         painted.append(len(painted) + 1)
         return np.full_like(new, 10 * len(painted))
-    monkeypatch.setattr(extend, "colour_match", paint)
+    monkeypatch.setattr(extend, "match_to_input", paint)
     pipe = load_pipeline(tiny_model_dir)
     src = Video(np.zeros((9, 32, 32, 3), np.uint8))
     out = extend.extend_video(pipe, src, "a red circle moving right on a black background", 25, 5, steps=1,

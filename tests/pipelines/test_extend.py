@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kinema.pipelines.extend import colour_match, cross_fade, extend_video
+from kinema.pipelines.extend import cross_fade, extend_video
 from kinema.pipelines.loading import load_pipeline
 from kinema.video.io import Video
 
@@ -27,15 +27,6 @@ def test_extend_keeps_the_input_and_reaches_the_length(tiny_model_dir):
         extend_video(pipe, src, "x", frames=24)
     with pytest.raises(ValueError, match="context"):
         extend_video(pipe, src, "x", frames=25, context=4)
-
-
-def test_colour_match_removes_a_shift_and_keeps_matching_frames():
-    rng = np.random.default_rng(1)
-    ctx = rng.integers(40, 200, (5, 16, 16, 3)).astype(np.uint8)
-    assert np.abs(colour_match(ctx, ctx, ctx).astype(int) - ctx).max() <= 1
-    shifted = (ctx.astype(int) + 20).astype(np.uint8)
-    fixed = colour_match(shifted, shifted, ctx)
-    assert np.abs(fixed.astype(int) - ctx).mean() < 1.0
 
 
 def test_extend_cli_refuses_a_corrupt_video(tiny_model_dir, tmp_path, capsys):
@@ -65,6 +56,10 @@ def test_extend_cli_end_to_end(tiny_model_dir, tmp_path, capsys):
                  "--blend", "-1"])
     err = capsys.readouterr().err
     assert code == 2 and "0 or more" in err and err.count("\n") == 1
+    code = main(["extend", str(src), "a red circle", "--frames", "17", "--model", str(tiny_model_dir), "-o", str(out),
+                 "--colour-match", "1.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "strength in [0, 1]" in err and err.count("\n") == 1
 
 
 def test_cross_fade_walks_to_the_reconstruction_in_equal_steps():

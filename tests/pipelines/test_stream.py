@@ -105,3 +105,20 @@ def test_a_causal_model_extends_without_windows(causal_pipe):
     assert out.frames.shape == (21, 32, 32, 3)
     assert np.array_equal(out.frames[:5], src.frames[:5])  # the input's own frames come first, the last 4 faded
     assert np.array_equal(extend_video(causal_pipe, src, PROMPT, frames=21, steps=2, blend=0).frames[:9], src.frames)
+
+
+def test_extension_colours_follow_the_input(causal_pipe, tiny_model_dir):
+    """The generated frames' per-channel value distribution is the input's (colour match on), not the model's."""
+    from kinema.pipelines.extend import extend_video
+    from kinema.pipelines.loading import load_pipeline
+    from kinema.video.io import Video
+
+    rng = np.random.default_rng(0)
+    src = Video(np.clip(rng.normal((200, 60, 120), 10, (9, 32, 32, 3)), 0, 255).astype(np.uint8), 8.0)
+    for pipe in (causal_pipe, load_pipeline(tiny_model_dir)):  # streamed, and window after window
+        matched, raw = (extend_video(pipe, src, PROMPT, frames=21, steps=2, match=m).frames[9:] for m in (1.0, 0.0))
+        gap = lambda f: np.abs(f.reshape(-1, 3).mean(0) - src.frames.reshape(-1, 3).mean(0)).max()  # noqa: E731
+        assert gap(matched) < 2 < gap(raw)
+        assert extend_video(pipe, src, PROMPT, frames=21, steps=2, match=0.0).metadata["colour_match"] == 0.0
+    with pytest.raises(ValueError, match="colour-match"):
+        extend_video(causal_pipe, src, PROMPT, frames=21, match=2.0)
