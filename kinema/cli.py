@@ -149,6 +149,9 @@ def add_generate(sub) -> None:
     p.add_argument("--window", type=_positive_int, default=4,
                    help="--stream: past latent frames each chunk attends to (default 4)")
     p.add_argument("--chunk", type=_positive_int, default=1, help="--stream: latent frames per chunk (default 1)")
+    p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
+                   help="--stream: histogram-match every frame after the model's own length to those first frames, "
+                        "against colour drift in long videos (default 1; 0: off)")
     p.add_argument("--lora", action="append", type=_lora_spec, metavar="FILE[:STRENGTH]",
                    help="LoRA adapter .safetensors (kinema, diffusers or ComfyUI/musubi layout), strength default 1; "
                         "repeat for several")
@@ -338,7 +341,7 @@ def generate_streamed(pipe, run, s, args, post, lut, images, sidecar):
     MP4 and its sidecar appear when the video is complete. Returns the whole video as written (for the summary)."""
     import numpy as np
 
-    from kinema.pipelines.stream import stream_video
+    from kinema.pipelines.stream import colour_anchored, stream_video
     from kinema.video.export import sidecar_path, sidecar_text
     from kinema.video.io import Mp4Writer, Video, atomic_file
     from kinema.video.post import postprocess
@@ -349,9 +352,10 @@ def generate_streamed(pipe, run, s, args, post, lut, images, sidecar):
     if Path(path).suffix.lower() != ".mp4":
         raise UsageError("--stream writes an .mp4 file")
     t0, pieces = time.perf_counter(), []
+    chunks = stream_video(pipe, [run["prompt"]], [s.seed], images.get("image"), args.chunk, args.window, **s.to_dict())
+    sidecar = {**sidecar, "stream": {"chunk": args.chunk, "window": args.window, "colour_match": args.colour_match}}
     with atomic_file(sidecar_path(path)) as side, Mp4Writer(path, s.fps, run["codec"], run["crf"], sidecar) as mp4:
-        for frames in stream_video(pipe, [run["prompt"]], [s.seed], images.get("image"), args.chunk, args.window,
-                                   **s.to_dict()):
+        for frames in colour_anchored(chunks, pipe.defaults.frames, args.colour_match):
             pieces.append(postprocess(Video.from_tensor(frames[0], s.fps), post, lut).frames)
             mp4.write(pieces[-1])
             if len(pieces) == 1 and not args.quiet:

@@ -7,6 +7,9 @@ Each chunk runs the ordinary sampler (guidance, given frames and all) on its own
 past chunks through a `KVCache` (see `kinema/dit/cache.py` for the two kinds of past, "clean" and "joint"), and the
 causal VAE decodes it with a `CausalCache` that carries over between chunks. A window of W latent frames bounds the
 past each chunk sees, so cost and memory per chunk stay constant however long the video.
+
+Past the window the model no longer sees the start, and colours drift slowly; `colour_anchored` holds them: the
+first frames (the model's own length) become the colour reference that every later frame is histogram-matched to.
 """
 
 from __future__ import annotations
@@ -15,10 +18,13 @@ import logging
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from kinema.dit.cache import KVCache
 from kinema.vae.causal import CausalCache
+from kinema.video.colour_match import histogram_match
+from kinema.video.io import Video
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +120,24 @@ def stream_video(pipe, prompts: list[str], seeds: list[int] | None = None, image
             log.info("time to first frame: %.3f s", time.perf_counter() - start)
             first = False
         yield frames
+
+
+def colour_anchored(chunks: Iterator[torch.Tensor], frames: int, strength: float = 1.0) -> Iterator[torch.Tensor]:
+    """Video chunks (B, 3, n, H, W) in [-1, 1] as they come; the first `frames` frames pass unchanged and become
+    each sample's colour reference, every later frame is histogram-matched to it (`strength` 0: all unchanged)."""
+    reference = []
+    for chunk in chunks:
+        have = sum(r.shape[1] for r in reference)
+        head, tail = chunk[:, :, : max(frames - have, 0)], chunk[:, :, max(frames - have, 0):]
+        if head.shape[2]:
+            reference.append(_to_uint8(head))
+        if tail.shape[2] and strength > 0:
+            ref = np.concatenate(reference, axis=1)                                  # (B, frames, H, W, 3)
+            matched = np.stack([histogram_match(f, r, strength) for f, r in zip(_to_uint8(tail), ref)])
+            tail = torch.from_numpy(matched).to(chunk.device, chunk.dtype).div(127.5).sub(1).permute(0, 4, 1, 2, 3)
+        yield torch.cat([head, tail], dim=2)
+
+
+def _to_uint8(video: torch.Tensor) -> np.ndarray:
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8, as the video writer rounds them."""
+    return np.stack([Video.from_tensor(v).frames for v in video])

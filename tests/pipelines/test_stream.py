@@ -122,3 +122,25 @@ def test_extension_colours_follow_the_input(causal_pipe, tiny_model_dir):
         assert extend_video(pipe, src, PROMPT, frames=21, steps=2, match=0.0).metadata["colour_match"] == 0.0
     with pytest.raises(ValueError, match="colour-match"):
         extend_video(causal_pipe, src, PROMPT, frames=21, match=2.0)
+
+
+@pytest.mark.parametrize("sizes", [(1, 4, 4, 4, 4, 4, 4), (9, 9, 9, 6)])
+def test_colour_anchor_holds_later_frames_to_the_first(sizes):
+    """Frames after the first 17 drift (a rising green on the object); anchored, they keep the first frames'
+    colours, whatever the chunking; the first 17 frames pass untouched."""
+    from kinema.data.shapes import Scene, render_clip
+    from kinema.pipelines.stream import colour_anchored
+
+    clip = render_clip(Scene("red", "circle", "bounce", "black"), np.random.default_rng(0), sum(sizes))
+    drift = np.linspace(0, 40, len(clip.frames))[:, None, None] * clip.coverage           # (T, H, W)
+    frames = clip.frames.astype(float)
+    frames[..., 1] += drift
+    video = torch.from_numpy(frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    chunks = list(torch.split(video, list(sizes), dim=2))
+    out = torch.cat(list(colour_anchored(iter(chunks), 17)), dim=2)
+    assert torch.equal(out[:, :, :17], video[:, :, :17])
+    core = torch.from_numpy(clip.coverage > 0.99)                                           # (T, H, W)
+    green = lambda v, t: ((v[0, 1, t][core[t]] + 1) * 127.5).mean().item()  # noqa: E731
+    last = len(clip.frames) - 1
+    assert green(video, last) - green(video, 8) > 25 and abs(green(out, last) - green(video, 8)) < 5
+    assert torch.equal(torch.cat(list(colour_anchored(iter(chunks), 17, 0.0)), dim=2), video)
