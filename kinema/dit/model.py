@@ -119,8 +119,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight  # one fused pass
 
 
 class LayerNorm(nn.LayerNorm):
@@ -142,10 +141,10 @@ class Attention(nn.Module):
     def project(self, x: torch.Tensor, context: torch.Tensor, rope=None):
         """q (B, nh, L, hd) from x; k, v (B, nh, Lc, hd) from the context; RoPE on q and k when given."""
         heads = lambda y: rearrange(y, "b l (n d) -> b n l d", n=self.num_heads)  # noqa: E731
-        q, k, v = heads(self.norm_q(self.q(x))), heads(self.norm_k(self.k(context))), heads(self.v(context))
+        q, k = self.norm_q(self.q(x)), self.norm_k(self.k(context))                  # (B, L | Lc, D)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return q, k, v
+            q, k = apply_rope(q, rope, self.num_heads), apply_rope(k, rope, self.num_heads)
+        return heads(q), heads(k), heads(self.v(context))
 
     def attend(self, q, k, v, mask=None) -> torch.Tensor:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, L, hd)
@@ -247,13 +246,15 @@ class Block(nn.Module):
     def forward(self, x, e0, context, tokens: TokenGrid):
         # e0: (B, Lt, 6, D) with Lt = 1 (one timestep per sample) or L (per-token timesteps)
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.unsqueeze(0) + e0.float()).unbind(2)
-        modulated = lambda y: (self.norm1(y).float() * (1 + scale) + shift).type_as(y)  # noqa: E731
-        x = (x.float() + self.self_attention(modulated(x), tokens).float() * gate).type_as(x)
+        # fp32 modulation and gated residuals, each one fused multiply-add (addcmul: a + b * c)
+        modulated = lambda y: torch.addcmul(shift, self.norm1(y).float(), 1 + scale).type_as(y)  # noqa: E731
+        gated = lambda y, out, g: torch.addcmul(y.float(), out.float(), g).type_as(y)  # noqa: E731
+        x = gated(x, self.self_attention(modulated(x), tokens), gate)
         if self.mode == "factorised":
-            x = (x.float() + self.temporal_attention(modulated(x), tokens).float() * gate).type_as(x)
+            x = gated(x, self.temporal_attention(modulated(x), tokens), gate)
         x = x + self.cross_attention(self.norm3(x), context, tokens)
-        h = (self.norm2(x).float() * (1 + c_scale) + c_shift).type_as(x)
-        return (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        h = torch.addcmul(c_shift, self.norm2(x).float(), 1 + c_scale).type_as(x)
+        return gated(x, self.ffn(h), c_gate)
 
     def cross_attention(self, h: torch.Tensor, context: torch.Tensor, tokens: TokenGrid) -> torch.Tensor:
         """Attention to the text (its folded padding biased), and for Wan2.1 I2V beside it to the image tokens."""

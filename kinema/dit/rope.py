@@ -43,7 +43,8 @@ def rope_table(grid: tuple[int, int, int], head_dim: int, device: torch.device,
     return _rope_table(tuple(int(g) for g in grid), head_dim, int(frame_offset)).to(device)
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of x (B, nh, L, hd) by the table (L, hd/2); computed in fp32, returned in x's dtype."""
-    pairs = torch.view_as_complex(x.float().contiguous().unflatten(-1, (-1, 2)))  # (B, nh, L, hd/2) complex
-    return torch.view_as_real(pairs * table).flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, table: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate interleaved pairs of each head of x (B, L, D = nh * hd) by the table (L, hd/2); computed in fp32,
+    returned in x's dtype. Applied before the split into heads, where x is still contiguous (no copy)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (num_heads, -1, 2)))     # (B, L, nh, hd/2) complex
+    return torch.view_as_real(pairs * table[:, None]).flatten(-3).type_as(x)
