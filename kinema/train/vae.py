@@ -98,12 +98,18 @@ def contrast_weight(video: torch.Tensor, cover: torch.Tensor, reference: float, 
 
 
 def reconstruction_loss(recon, target, weight) -> dict[str, torch.Tensor]:
+    """Weighted L1, L2, image-gradient L1 and frame-difference L1 ("temporal") of recon against target, both
+    (B, 3, T, H, W), weight (B, 1, T, H, W)."""
     err = recon - target
     dx = lambda v: v[..., :, 1:] - v[..., :, :-1]  # noqa: E731
     dy = lambda v: v[..., 1:, :] - v[..., :-1, :]  # noqa: E731
+    dt = lambda v: v[:, :, 1:] - v[:, :, :-1]  # noqa: E731
     grad = (weight[..., :, 1:] * (dx(recon) - dx(target)).abs()).mean() + \
            (weight[..., 1:, :] * (dy(recon) - dy(target)).abs()).mean()
-    return {"l1": (weight * err.abs()).mean(), "l2": (weight * err.square()).mean(), "grad": grad}
+    temporal = (torch.maximum(weight[:, :, 1:], weight[:, :, :-1]) * (dt(recon) - dt(target)).abs()).mean() \
+        if recon.shape[2] > 1 else recon.new_zeros(())
+    return {"l1": (weight * err.abs()).mean(), "l2": (weight * err.square()).mean(), "grad": grad,
+            "temporal": temporal}
 
 
 def vae_step(vae: VideoVAE, video, cover, args) -> dict[str, torch.Tensor]:
@@ -134,7 +140,7 @@ def decoder_losses(vae: VideoVAE, z, video, cover, args) -> dict[str, torch.Tens
     if args.contrast_reference:
         weight = weight * contrast_weight(video, cover, args.contrast_reference, args.contrast_cap)
     losses = reconstruction_loss(recon, video, weight)
-    losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"]
+    losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"] + args.temporal_weight * losses["temporal"]
     return losses
 
 
@@ -154,6 +160,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weigh each clip's loss by this over its object/background contrast (0-255 units; e.g. 250),"
                         " at least 1, so low-contrast edges are drawn as sharp as high-contrast ones (0: off)")
     p.add_argument("--contrast-cap", type=float, default=3.0, help="--contrast-reference: the largest clip weight")
+    p.add_argument("--temporal-weight", type=float, default=0.0,
+                   help="weight of an L1 loss on frame-to-frame differences, so motion inside a latent frame's 4 "
+                        "frames is not smoothed into a jump at the next latent frame (0: off)")
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--colour-jitter", type=float, default=0.0,

@@ -42,3 +42,22 @@ def test_low_contrast_clips_weigh_more_and_weights_stay_in_bounds():
     w = contrast_weight(video, cover, 250.0, 3.0).flatten()
     assert w[0] > 2.0 and w[1] == 1.0 and w[2] == 1.0      # purple on gray: contrast ~101
     assert torch.all(contrast_weight(video, cover, 1e4, 3.0) == 3.0)
+
+
+def test_temporal_loss_sees_motion_held_back_inside_a_latent_frame():
+    """A reconstruction that stutters (each group of 4 frames holds one position, then jumps) costs the same L1 as
+    one lagging a frame behind, but more on the frame-difference term; a constant error costs nothing there."""
+    import torch
+
+    from kinema.data.shapes import Scene, render_clip
+    from kinema.train.vae import reconstruction_loss
+
+    clip = render_clip(Scene("red", "circle", "right", "black"), np.random.default_rng(0), 17, 32, 32)
+    video = torch.from_numpy(clip.frames).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]  # (1, 3, T, H, W)
+    held = [0] + [2 + 4 * ((t - 1) // 4) for t in range(1, 17)]                                 # 0, 2, 2, 2, 2, 6...
+    stutter, lag = video[:, :, held], video[:, :, [0, 0, *range(1, 16)]]
+    weight = torch.ones(1, 1, 17, 32, 32)
+    offset = reconstruction_loss(video + 0.1, video, weight)
+    assert offset["l1"] > 0.09 and offset["temporal"] < 1e-6
+    s, g = reconstruction_loss(stutter, video, weight), reconstruction_loss(lag, video, weight)
+    assert abs(s["l1"] - g["l1"]) < 1e-4 and s["temporal"] > 1.2 * g["temporal"]
