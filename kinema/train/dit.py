@@ -139,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--attention", choices=["full", "factorised", "causal"],
                    help="self-attention mode (default: the preset's; factorised keeps the parameter count)")
     p.add_argument("--temporal-conv", action="store_true", help="factorised: add the depthwise temporal conv")
+    p.add_argument("--patch-size", type=patch_size,
+                   help="the DiT's (t, h, w) patch, e.g. 1,1,1 (default: the preset's); with --init of a coarser "
+                        "patch, the patch embedding and head are derived from it (kinema/train/repatch.py)")
     p.add_argument("--window", type=int, default=0,
                    help="latent frames per training sample, cropped at random from the pool's longer clips (0: all)")
     p.add_argument("--long-pool", type=int, default=0,
@@ -307,7 +310,7 @@ def trainable_parameters(dit: DiT) -> list[torch.nn.Parameter]:
 
 def build_source(args, out: Path, d: parallel.Dist):
     """(source of batches, frozen VAE whose statistics normalise the latents, text encoder config)."""
-    patch = DIT_PRESETS[args.preset].patch_size[1]
+    patch = dit_config(args).patch_size[1]
     if args.cache:
         cache = sources.LatentCache(args.cache)
         vae, text_cfg = sources.load_vae_and_text(args.vae or cache.manifest["settings"]["model"])
@@ -326,17 +329,49 @@ def build_source(args, out: Path, d: parallel.Dist):
     return sources.PoolSource(pool), vae, text_cfg
 
 
-def build_dit(args, vae: VideoVAE, text_cfg: TextEncoderConfig) -> DiT:
+def patch_size(text: str) -> tuple[int, int, int]:
+    try:
+        patch = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        patch = ()
+    if len(patch) != 3 or min(patch) < 1:
+        raise argparse.ArgumentTypeError(f"a patch is three positive integers t,h,w, got {text!r}")
+    return patch
+
+
+def dit_config(args) -> DiTConfig:
+    """The preset, in the asked attention mode and patch size."""
     cfg = DIT_PRESETS[args.preset]
-    dit = DiT(with_attention(cfg, args.attention, args.temporal_conv) if args.attention else cfg)
+    cfg = with_attention(cfg, args.attention, args.temporal_conv) if args.attention else cfg
+    return replace(cfg, patch_size=args.patch_size) if args.patch_size else cfg
+
+
+def build_dit(args, vae: VideoVAE, text_cfg: TextEncoderConfig) -> DiT:
+    cfg = dit_config(args)
+    dit = DiT(cfg)
     if cfg.in_channels != vae.config.z_dim or cfg.text_dim != text_cfg.dim:
         raise ValueError(f"preset {args.preset} takes {cfg.in_channels} latent channels and {cfg.text_dim}-d text, "
                          f"the VAE/text encoder give {vae.config.z_dim} and {text_cfg.dim}")
     if args.init:
-        from kinema.pipelines.loading import load_weights
-
-        load_weights(dit, Path(args.init) / "dit.safetensors")
+        init_weights(dit, Path(args.init))
     return dit
+
+
+def init_weights(dit: DiT, folder: Path) -> None:
+    """The weights of the model folder's DiT; from a coarser patch, its embedding and head are repatched."""
+    from kinema.pipelines.loading import load_weights
+
+    old = DiTConfig.from_dict(json.loads((folder / "model.json").read_text())["dit"]).patch_size
+    if old == dit.config.patch_size:
+        load_weights(dit, folder / "dit.safetensors")
+        return
+    from safetensors.torch import load_file
+
+    from kinema.train.repatch import repatch_state
+
+    log.info("repatching %s from patch %s to %s", folder, old, dit.config.patch_size)
+    dit.load_state_dict(repatch_state(load_file(str(folder / "dit.safetensors")), old, dit.config.patch_size,
+                                      dit.config.out_channels))
 
 
 def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
