@@ -232,8 +232,8 @@ def report(results: dict, plots: list[str]) -> str:
                   "Judged as `kinema generate --stream` writes them (frames after the first 17 colour-matched to "
                   "those, `--colour-match 1`); the last columns: the same stream without the match.",
                   "",
-                  "| prompt | found | colour frames | shape windows | inside | turns (at edges) | colour drift | pass | "
-                  "drift, no match | pass, no match |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| prompt | found | colour frames | shape windows | inside | turns (at edges) | colour drift | pass "
+                  "| drift, no match | pass, no match |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["long"]:
             lines.append(f"| {r['prompt']} | {100 * r['found']:.0f} % | {100 * r['colour_frames']:.0f} % | "
                          f"{100 * r['shape_windows']:.0f} % | {r['inside']} | {r['turns']} ({r['turns_at_edges']}) | "

@@ -184,7 +184,8 @@ def _extension_eval(args, pipe, texts, extra, settings, result, title) -> tuple[
     frames, context = args.extend, getattr(args, "context", None) or 5
     match = getattr(args, "colour_match", 1.0)
     rows = extend_all(pipe, texts, args.seeds, frames, context, extra, match, **settings)
-    result.update({"frames": frames, "context": context, "colour_match": match, "summary": summarise_extension(rows), "videos": rows})
+    result.update({"frames": frames, "context": context, "colour_match": match,
+                   "summary": summarise_extension(rows), "videos": rows})
     if args.json:
         _write_json(Path(args.json), result)
     s = result["settings"]

@@ -361,8 +361,9 @@ def init_weights(dit: DiT, folder: Path) -> None:
     """The weights of the model folder's DiT; from a coarser patch, its embedding and head are repatched."""
     from kinema.pipelines.loading import load_weights
 
-    old = DiTConfig.from_dict(json.loads((folder / "model.json").read_text())["dit"]).patch_size
-    if old == dit.config.patch_size:
+    spec = folder / "model.json"
+    old = DiTConfig.from_dict(json.loads(spec.read_text())["dit"]).patch_size if spec.exists() else None
+    if old is None or old == dit.config.patch_size:
         load_weights(dit, folder / "dit.safetensors")
         return
     from safetensors.torch import load_file

@@ -48,3 +48,21 @@ def test_patch_size_flag():
     for bad in ("1,1", "a,b,c", "1,0,1"):
         with pytest.raises(Exception, match="three positive integers"):
             patch_size(bad)
+
+
+def test_train_init_from_a_coarser_model_folder(tiny_model_dir):
+    """`kinema train --init DIR --patch-size 1,1,1`: the DiT gets the finer patch and keeps the folder's blocks."""
+    from safetensors.torch import load_file
+
+    from kinema.pipelines.loading import load_pipeline
+    from kinema.train.dit import build_dit, parse_args
+
+    pipe = load_pipeline(tiny_model_dir)
+    args = parse_args(["--out", "x", "--preset", "tiny", "--init", str(tiny_model_dir), "--patch-size", "1,1,1"])
+    dit = build_dit(args, pipe.vae, pipe.text_encoder.config)
+    saved = load_file(str(tiny_model_dir / "dit.safetensors"))
+    assert dit.config.patch_size == (1, 1, 1) and dit.patch_embedding.weight.shape[2:] == (1, 1, 1)
+    assert torch.equal(dit.state_dict()["blocks.1.ffn.0.weight"], saved["blocks.1.ffn.0.weight"])
+    same = build_dit(parse_args(["--out", "x", "--preset", "tiny", "--init", str(tiny_model_dir)]), pipe.vae,
+                     pipe.text_encoder.config)
+    assert all(torch.equal(v, saved[k]) for k, v in same.state_dict().items())
