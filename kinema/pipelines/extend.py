@@ -104,10 +104,11 @@ def extend_streamed(pipe, video: Video, prompt: str, frames: int, seed: int = 0,
     overrides = {k: v for k, v in overrides.items() if k != "frames"}
     new = list(stream_latents(pipe, [prompt], [seed], window=window, context=latents, frames=frames, **overrides))
     decoded = Video.from_tensor(pipe.decode(torch.cat([latents, *new], dim=2))[0]).frames
-    generated = match_to_input(decoded[n_in:], kept[-s.frames:], match)
     k = min(blend, n_in - 1)                                                          # frame 0 stays as it was
+    tail = match_to_input(decoded[n_in - k:], kept[-s.frames:], match)  # the fade's reconstructions match too
     if k:
-        kept[n_in - k:] = cross_fade(kept[n_in - k:], decoded[n_in - k:n_in])
+        kept[n_in - k:] = cross_fade(kept[n_in - k:], tail[:k])
+    generated = tail[k:]
     meta = {**s.to_dict(), "frames": frames, "model": pipe.name, "prompt": prompt, "extended_from": video.num_frames,
             "blend": k, "colour_match": match}
     return Video(np.concatenate([kept, generated]), s.fps, meta)
