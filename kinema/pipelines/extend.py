@@ -5,9 +5,9 @@ Each window has the model's frame count. Its first latent frames are given: the 
 image-to-video). The decoded window repeats the context frames; only the frames after them are appended.
 
 Colour and brightness drift over a long continuation (the model renders the object's colour a little differently
-each window: measured in docs/models/shapes.md). Every generated frame is therefore histogram-matched to the input's
-last frames (`kinema.video.colour_match`, per channel; `match` is its strength, 0 turns it off), as colour-match
-nodes do in long-video workflows. It assumes the continuation shows what the input shows; for a scene that should
+each window: measured in docs/models/shapes.md). Every generated frame, and every reconstruction the input fades
+into, is therefore histogram-matched to the input's last frames (`kinema.video.colour_match`, per channel; `match`
+is its strength, 0 turns it off), as colour-match nodes do in long-video workflows. It assumes the continuation shows what the input shows; for a scene that should
 change colour (a sunset, a cut), turn it down or off.
 
 Generated frames are VAE decodings, the input's frames are not: the last `blend` frames before each join cross-fade
