@@ -2,6 +2,7 @@
 
     python benchmarks/vs_diffusers.py [--repeats 10] [--threads 2] [--device cpu|cuda] [--dtype float32|bfloat16]
     python benchmarks/vs_diffusers.py --device cuda --dtype bfloat16 --wan13b   # Wan2.1-1.3B size, 480x832x81
+    python benchmarks/vs_diffusers.py --compile     # both models through torch.compile (inductor, frozen weights)
 
 Runs alternate (kinema, diffusers, kinema, ...) after a warm-up; each row reports the median time, the time ratio
 kinema / diffusers, the max relative difference of the outputs, peak memory (CUDA) and the achieved GFLOP/s of
@@ -85,6 +86,8 @@ def build(spec, device: str, dtype: torch.dtype):
 def bench(name, spec, args, peak) -> str:
     dtype = getattr(torch, args.dtype)
     ours, ref = build(spec, args.device, dtype)
+    if args.compile:  # the same treatment for both; the warm-up below compiles them
+        ours, ref = torch.compile(ours), torch.compile(ref)
     heads, head_dim, layers, ffn, text_dim, (c, f, h, w) = spec
     x = torch.randn(1, c, f, h, w, device=args.device, dtype=dtype)
     t = torch.tensor([500.0], device=args.device)
@@ -122,12 +125,18 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=24,
                    help="real (non-padding) text rows of the 512 the DiT gets; 512 = no padding")
     p.add_argument("--wan13b", action="store_true", help="only the Wan2.1-1.3B-size row (needs a GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="run both models through torch.compile (inductor, weights frozen as constants)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
     peak = matmul_peak(args.device, getattr(torch, args.dtype))
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, {args.threads} threads, median of {args.repeats}"
-          f"{load}\n")
+          f"{', both compiled' if args.compile else ''}{load}\n")
     print("| config | kinema ms | diffusers ms | ratio | max rel diff | kinema GFLOP/s | diffusers GFLOP/s | "
           "matmul peak GFLOP/s | peak MiB kinema | peak MiB diffusers |")
     print("|---|---|---|---|---|---|---|---|---|---|")
