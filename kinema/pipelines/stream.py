@@ -23,7 +23,7 @@ import torch
 
 from kinema.dit.cache import KVCache
 from kinema.vae.causal import CausalCache
-from kinema.video.colour_match import histogram_match
+from kinema.video.colour_match import match_sorted, sorted_values
 from kinema.video.io import Video
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,16 @@ def stream_video(pipe, prompts: list[str], seeds: list[int] | None = None, image
 def colour_anchored(chunks: Iterator[torch.Tensor], frames: int, strength: float = 1.0) -> Iterator[torch.Tensor]:
     """Video chunks (B, 3, n, H, W) in [-1, 1] as they come; the first `frames` frames pass unchanged and become
     each sample's colour reference, every later frame is histogram-matched to it (`strength` 0: all unchanged)."""
-    reference = []
+    reference, have, ref_sorted = [], 0, None
     for chunk in chunks:
-        have = sum(r.shape[1] for r in reference)
         head, tail = chunk[:, :, : max(frames - have, 0)], chunk[:, :, max(frames - have, 0):]
         if head.shape[2]:
             reference.append(_to_uint8(head))
+            have += head.shape[2]
         if tail.shape[2] and strength > 0:
-            ref = np.concatenate(reference, axis=1)                                  # (B, frames, H, W, 3)
-            matched = np.stack([histogram_match(f, r, strength) for f, r in zip(_to_uint8(tail), ref)])
+            if ref_sorted is None:  # the reference is complete: sort its values once per sample
+                ref_sorted = [sorted_values(r) for r in np.concatenate(reference, axis=1)]  # (B, frames, H, W, 3)
+            matched = np.stack([match_sorted(f, r, strength) for f, r in zip(_to_uint8(tail), ref_sorted)])
             tail = torch.from_numpy(matched).to(chunk.device, chunk.dtype).div(127.5).sub(1).permute(0, 4, 1, 2, 3)
         yield torch.cat([head, tail], dim=2)
 

@@ -41,10 +41,22 @@ def channel_maps(frame: np.ndarray, reference_sorted: np.ndarray) -> np.ndarray:
 def histogram_match(frames: np.ndarray, reference: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """Frames whose per-channel value distributions are the reference frames' (pooled), frame by frame."""
     _check(frames, reference, strength)
-    ref = np.sort(reference.reshape(-1, 3).T.astype(np.float64), axis=1)           # (3, K * H' * W')
+    return match_sorted(frames, sorted_values(reference), strength)
+
+
+def sorted_values(reference: np.ndarray) -> np.ndarray:
+    """(3, K * H * W) float: the reference frames' (K, H, W, 3) values, sorted per channel; computed once, it serves
+    any number of `match_sorted` calls against the same reference."""
+    return np.sort(reference.reshape(-1, 3).T.astype(np.float64), axis=1)
+
+
+def match_sorted(frames: np.ndarray, reference_sorted: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """`histogram_match` against a reference given by its `sorted_values`."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"colour-match strength must be in [0, 1], got {strength}")
     out = np.empty(frames.shape, dtype=np.float64)
     for t, frame in enumerate(frames):
-        maps = channel_maps(frame, ref)
+        maps = channel_maps(frame, reference_sorted)
         for c in range(3):
             out[t, ..., c] = maps[c][frame[..., c]]
     return _blend(frames, out, strength)
