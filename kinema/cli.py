@@ -433,6 +433,30 @@ def cmd_decode(args) -> int:
     return 0
 
 
+def add_experts(sub) -> None:
+    p = sub.add_parser("experts", help="join a model and a low-noise expert into one two-expert model",
+                       description="Write a two-expert model (Wan 2.2 A14B's design): HIGH's DiT denoises times "
+                                   "t >= --boundary, LOW's below it (train one with kinema train --t-range 0,B).")
+    p.add_argument("high", help="model folder whose text encoder, VAE, defaults and DiT (high noise) are kept")
+    p.add_argument("low", help="model folder of the low-noise expert (same VAE)")
+    p.add_argument("--boundary", type=float, required=True, help="the switch time, strictly between 0 and 1")
+    p.add_argument("-o", "--output", required=True, help="new model folder")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="storage of the DiT weights (float16: half the bytes; they load back as float32)")
+
+
+def cmd_experts(args) -> int:
+    import torch
+
+    from kinema.pipelines.loading import join_experts
+
+    if (Path(args.output) / "model.json").exists():
+        raise UsageError(f"{args.output} already holds a model; choose a new folder")
+    out = join_experts(args.high, args.low, args.boundary, args.output, getattr(torch, args.dtype))
+    print(f"wrote {out}")
+    return 0
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="generate a prompt list and judge it (colour, shape, motion, background)")
     p.add_argument("--model", default="shapes")
@@ -523,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode(sub)
     add_eval(sub)
     add_cache(sub)
+    add_experts(sub)
     sub.add_parser("models", help="list the built-in models")
     sub.add_parser("lora", help="LoRA fine-tuning of the DiT: kinema lora train --help", add_help=False)
     for name, help_ in (("train-vae", "train the video VAE on the shapes world"),
@@ -552,6 +577,8 @@ def dispatch(argv: list[str]) -> int:
         return cmd_eval(args)
     if args.command == "cache":
         return cmd_cache(args)
+    if args.command == "experts":
+        return cmd_experts(args)
     from kinema.pipelines.loading import builtin_models
 
     print("\n".join(builtin_models()))

@@ -100,3 +100,33 @@ def test_save_latents_then_decode_gives_the_same_video(tiny_model_dir, tmp_path,
     bad.write_bytes(b"junk")
     code, _, err = _run(capsys, "decode", str(bad), "-o", str(tmp_path / "c.mp4"))
     assert code == 2 and "cannot read latents" in err and not (tmp_path / "c.mp4").exists()
+
+
+def test_experts_joins_a_model_and_a_low_noise_expert(tiny_model_dir, tmp_path, capsys):
+    import torch
+
+    from kinema.pipelines.loading import load_pipeline, save_model
+    from kinema.pipelines.two_experts import TwoExpertPipeline
+
+    pipe = load_pipeline(tiny_model_dir)
+    low = save_model(tmp_path / "low", pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "low")
+    out = tmp_path / "two"
+    code, _, _ = _run(capsys, "experts", str(tiny_model_dir), str(low), "--boundary", "0.4", "-o", str(out),
+                      "--dtype", "float16")
+    assert code == 0
+    two = load_pipeline(out)
+    assert isinstance(two, TwoExpertPipeline) and two.boundary == 0.4
+    assert all(torch.equal(a, b.half().float()) for a, b in zip(two.dit_2.state_dict().values(),
+                                                                 pipe.dit.state_dict().values()))
+    code, _, err = _run(capsys, "experts", str(tiny_model_dir), str(low), "--boundary", "0.4", "-o", str(out))
+    assert code == 2 and "already holds a model" in err          # never written over
+    other = tmp_path / "other_vae"
+    vae = load_pipeline(tiny_model_dir).vae
+    torch.nn.init.normal_(next(vae.parameters()))
+    save_model(other, pipe.text_encoder.config, vae, pipe.dit, pipe.defaults, "x")
+    for bad, needle in ((["--boundary", "1.0"], "strictly between"), (["--boundary", "x"], "invalid float")):
+        code, _, err = _run(capsys, "experts", str(tiny_model_dir), str(low), *bad, "-o", str(tmp_path / "n"))
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    code, _, err = _run(capsys, "experts", str(tiny_model_dir), str(other), "--boundary", "0.5", "-o",
+                        str(tmp_path / "m"))
+    assert code == 2 and "do not share the VAE" in err

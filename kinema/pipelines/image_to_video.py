@@ -109,7 +109,7 @@ class ImageToVideoPipeline(TextToVideoPipeline):
             raise ValueError(f"{self.name} is an image-to-video model: give it an image (--image)")
         if kv_cache is not None:
             raise ValueError("image-to-video Wan models do not stream (no causal DiT)")
-        model = self.guided_model(self.conditioned_dit(noise.dtype, keyframes), text, negative, s)
+        model = self.guided_model([self.conditioned_dit(noise.dtype, keyframes)], text, negative, s)
         return self.sample(model, noise, s, callback)
 
     def conditioned_dit(self, dtype: torch.dtype, cond: ImageCondition):

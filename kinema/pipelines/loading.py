@@ -1,8 +1,9 @@
 """Finding, loading and saving models.
 
 A kinema model folder holds `model.json` (the configs of the three components and the generation defaults),
-`vae.safetensors` and `dit.safetensors`. Built-in models live in `kinema/models/<name>/`; `load_pipeline` takes
-such a name or a path.
+`vae.safetensors` and `dit.safetensors`; a two-expert model (Wan 2.2 A14B's design: the DiT denoises t >= boundary,
+a low-noise expert the rest) adds `dit_2.safetensors`, its config and the boundary. Built-in models live in
+`kinema/models/<name>/`; `load_pipeline` takes such a name or a path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kinema.vae.model import VAEConfig, VideoVAE
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_MODEL = "shapes"
+EXPERT_FILES = ("dit.safetensors", "dit_2.safetensors")  # the DiT (high-noise expert) and the low-noise expert
 
 
 class ModelError(ValueError):
@@ -71,16 +73,24 @@ def _load_kinema(path: Path, device: torch.device, dtype: torch.dtype) -> TextTo
     try:
         spec = json.loads((path / "model.json").read_text())
         text_cfg = TextEncoderConfig.from_dict(spec["text_encoder"])
-        vae_cfg, dit_cfg = VAEConfig.from_dict(spec["vae"]), DiTConfig.from_dict(spec["dit"])
+        vae_cfg = VAEConfig.from_dict(spec["vae"])
+        dit_cfgs = [DiTConfig.from_dict(spec[k]) for k in ("dit", "dit_2") if k in spec]
+        boundary = float(spec["boundary"]) if len(dit_cfgs) == 2 else None
         defaults = GenerationSettings(**spec.get("defaults", {}))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ModelError(f"{path / 'model.json'} is not a valid kinema model description: {e}") from e
-    vae, dit = VideoVAE(vae_cfg), DiT(dit_cfg)
+    vae, dits = VideoVAE(vae_cfg), [DiT(cfg) for cfg in dit_cfgs]
     load_weights(vae, path / "vae.safetensors")
-    load_weights(dit, path / "dit.safetensors")
-    vae, dit = vae.to(device, dtype).eval(), dit.to(device, dtype).eval()
-    return TextToVideoPipeline(TextEncoder(text_cfg, device, dtype), vae, dit, defaults, spec.get("name", path.name),
-                               device)
+    for dit, file in zip(dits, EXPERT_FILES):
+        load_weights(dit, path / file)
+    vae, dits = vae.to(device, dtype).eval(), [dit.to(device, dtype).eval() for dit in dits]
+    parts = (TextEncoder(text_cfg, device, dtype), vae, dits[0])
+    name = spec.get("name", path.name)
+    if boundary is None:
+        return TextToVideoPipeline(*parts, defaults, name, device)
+    from kinema.pipelines.two_experts import TwoExpertPipeline
+
+    return TwoExpertPipeline(*parts, dits[1], boundary, defaults, name, device)
 
 
 def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
@@ -114,16 +124,45 @@ def load_pipeline(name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str =
 
 
 def save_model(path: str | os.PathLike, text_cfg: TextEncoderConfig, vae: VideoVAE, dit: DiT,
-               defaults: GenerationSettings, name: str, extra: dict | None = None) -> Path:
-    """Write a kinema model folder (each file atomically)."""
+               defaults: GenerationSettings, name: str, extra: dict | None = None, dit_2: DiT | None = None,
+               boundary: float | None = None, dit_dtype: torch.dtype | None = None) -> Path:
+    """Write a kinema model folder (each file atomically). `dit_2` and `boundary`: a two-expert model (`dit` for
+    t >= boundary, `dit_2` below); `dit_dtype`: store the DiT weights in this dtype (e.g. float16, half the bytes;
+    they load back into the pipeline's dtype)."""
+    dits = [dit] if dit_2 is None else [dit, dit_2]
+    if (dit_2 is None) != (boundary is None):
+        raise ValueError("a two-expert model needs both dit_2 and boundary")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     atomic_save_safetensors(vae.state_dict(), path / "vae.safetensors")
-    atomic_save_safetensors(dit.state_dict(), path / "dit.safetensors")
+    for d, file in zip(dits, EXPERT_FILES):
+        state = d.state_dict() if dit_dtype is None else {k: v.to(dit_dtype) for k, v in d.state_dict().items()}
+        atomic_save_safetensors(state, path / file)
+    experts = {"dit_2": dit_2.config.to_dict(), "boundary": float(boundary)} if dit_2 is not None else {}
     spec = {"format": "kinema", "name": name, "text_encoder": text_cfg.to_dict(), "vae": vae.config.to_dict(),
-            "dit": dit.config.to_dict(), "defaults": defaults.to_dict(), **(extra or {})}
+            "dit": dit.config.to_dict(), **experts, "defaults": defaults.to_dict(), **(extra or {})}
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.json.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f, indent=2)
     os.replace(tmp, path / "model.json")
+    for stale in EXPERT_FILES[len(dits):]:  # a one-expert model written over a two-expert folder
+        (path / stale).unlink(missing_ok=True)
     return path
+
+
+def join_experts(high: str | os.PathLike, low: str | os.PathLike, boundary: float, out: str | os.PathLike,
+                 dit_dtype: torch.dtype | None = None, name: str | None = None) -> Path:
+    """Write a two-expert model: `high`'s text encoder, VAE, defaults and DiT (for t >= boundary) with `low`'s DiT
+    (its low-noise expert if it has two) below. Both models must share the VAE, whose latents the experts denoise."""
+    if not 0.0 < boundary < 1.0:
+        raise ValueError(f"the boundary must be strictly between 0 and 1, got {boundary}")
+    a, b = load_pipeline(high), load_pipeline(low)
+    same_vae = a.vae.config == b.vae.config and all(
+        torch.equal(x, y) for x, y in zip(a.vae.state_dict().values(), b.vae.state_dict().values()))
+    if not same_vae:
+        raise ValueError(f"{low} and {high} do not share the VAE: their DiTs denoise different latents")
+    low_dit = b.experts[-1]
+    if (low_dit.config.in_channels, low_dit.config.patch_size) != (a.dit.config.in_channels, a.dit.config.patch_size):
+        raise ValueError("the two experts must take the same latents (in_channels, patch_size)")
+    return save_model(out, a.text_encoder.config, a.vae, a.dit, a.defaults, name or Path(out).name,
+                      dit_2=low_dit, boundary=boundary, dit_dtype=dit_dtype)

@@ -36,7 +36,7 @@ def chunk_slices(frames: int, chunk: int, start: int = 0) -> list[slice]:
 
 
 def check_streamable(pipe, chunk: int, window: int | None) -> None:
-    if pipe.dit.config.attention != "causal":
+    if any(dit.config.attention != "causal" for dit in pipe.experts):
         raise ValueError(f"streaming needs a causal model; {pipe.name!r} uses {pipe.dit.config.attention!r} attention")
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1 latent frame, got {chunk}")
@@ -66,28 +66,29 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
     noise = pipe.initial_noise(s, seeds)                                        # (B, C, T', H', W')
     clean, given = pipe.encode_keyframes(s, len(prompts), image)
     _, ph, pw = pipe.dit.config.patch_size
-    cache = KVCache(pipe.dit.config.num_layers, (noise.shape[3] // ph) * (noise.shape[4] // pw), window, past)
+    tokens = (noise.shape[3] // ph) * (noise.shape[4] // pw)
+    caches = [KVCache(dit.config.num_layers, tokens, window, past) for dit in pipe.experts]  # one per expert
     done = noise[:, :, :0]
     if context is not None:
         if past != "clean" or image is not None or context.shape[2] >= noise.shape[2]:
             raise ValueError("a context continues a clean past, without an image, and must be shorter than the video")
         done = context.to(noise)
         if use_cache:
-            cache.start_chunk()
-            _record(pipe, done, text, neg, s, cache)
-            cache.end_chunk(done.shape[2])
+            _start(caches)
+            _record(pipe, done, text, neg, s, caches)
+            _end(caches, done.shape[2])
     for part in chunk_slices(noise.shape[2], chunk, done.shape[2]):
         if not use_cache:
             lo = 0 if window is None else max(0, part.start - window)
             latents = _sample_after(pipe, done[:, :, lo:], noise[:, :, part], clean[:, :, part], given[:, part],
                                     text, neg, s)
         else:
-            cache.start_chunk()
+            _start(caches)
             latents = pipe.denoise(noise[:, :, part], text, neg, s, keyframes=(clean[:, :, part], given[:, part]),
-                                   kv_cache=cache)
+                                   kv_cache=caches)
             if past == "clean":
-                _record(pipe, latents, text, neg, s, cache)
-            cache.end_chunk(latents.shape[2])
+                _record(pipe, latents, text, neg, s, caches)
+            _end(caches, latents.shape[2])
         if not use_cache:  # the cache-free reference recomputes the past from the latents themselves
             done = torch.cat([done, latents], dim=2)
         yield latents
@@ -100,12 +101,25 @@ def _sample_after(pipe, past, noise, clean, given, text, neg, s) -> torch.Tensor
     return pipe.denoise(torch.cat([past, noise], dim=2), text, neg, s, keyframes=keyframes)[:, :, past.shape[2]:]
 
 
-def _record(pipe, latents, text, neg, s, cache: KVCache) -> None:
-    """One DiT call on the finished chunk at time 0, with the same guidance batch as sampling: its keys and values
-    join the cache."""
-    dit = pipe._dit_in(latents.dtype)
-    model = pipe.guided_model(lambda x, t, c: dit(x, t, c, kv=cache.record_slot()), text, neg, s)
-    model(latents, torch.zeros(latents.shape[0], dtype=latents.dtype, device=latents.device))
+def _start(caches: list[KVCache]) -> None:
+    for cache in caches:
+        cache.start_chunk()
+
+
+def _end(caches: list[KVCache], frames: int) -> None:
+    for cache in caches:
+        cache.end_chunk(frames)
+
+
+def _record(pipe, latents, text, neg, s, caches: list[KVCache]) -> None:
+    """One call of each expert on the finished chunk at time 0, with the same guidance batch as sampling: their
+    keys and values join their caches (a two-expert model's high-noise expert needs its own past too)."""
+    dits = [pipe._dit_in(latents.dtype, dit) for dit in pipe.experts]
+    recorders = [lambda x, t, c, dit=dit, cache=cache: dit(x, t, c, kv=cache.record_slot())
+                 for dit, cache in zip(dits, caches, strict=True)]
+    t0 = torch.zeros(latents.shape[0], dtype=latents.dtype, device=latents.device)
+    for model in pipe.guided_experts(recorders, text, neg, s):
+        model(latents, t0)
 
 
 @torch.no_grad()

@@ -58,6 +58,11 @@ def schedule_times(schedule: str, steps: int, shift: float) -> tuple[torch.Tenso
     return grid_fn(steps, shift, fp32=True), grid_fn(steps, shift)
 
 
+def _attending(dit, slot):
+    """`dit` attending to a KV cache: every call takes the slot `slot()` gives."""
+    return lambda x, t, context: dit(x, t, context, kv=slot())
+
+
 class TextToVideoPipeline:
     def __init__(self, text_encoder: TextEncoder, vae: VideoVAE, dit: DiT, defaults: GenerationSettings,
                  name: str = "custom", device: str | torch.device = "cpu"):
@@ -126,17 +131,19 @@ class TextToVideoPipeline:
     def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None,
                 kv_cache=None) -> torch.Tensor:
         """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed.
-        `kv_cache` (a causal DiT's `KVCache`): noise is the next chunk of a streamed video."""
-        dit = base = self._dit_in(noise.dtype)
+        `kv_cache` (a causal model's `KVCache`s, one per expert): noise is the next chunk of a streamed video."""
+        dits = [self._dit_in(noise.dtype, dit) for dit in self.experts]
         if kv_cache is not None:
-            dit = lambda x, t, c: base(x, t, c, kv=kv_cache.next_slot())  # noqa: E731
-        model = self.guided_model(dit, text, negative, s)
+            dits = [_attending(dit, cache.next_slot) for dit, cache in zip(dits, kv_cache, strict=True)]
+        models = self.guided_experts(dits, text, negative, s)
         if keyframes is not None and keyframes[1].any():
             clean, given = keyframes
             _, ph, pw = self.dit.config.patch_size
-            model = with_given_frames(model, clean, given, (noise.shape[3] // ph) * (noise.shape[4] // pw))
+            tokens = (noise.shape[3] // ph) * (noise.shape[4] // pw)
+            # inside the expert switch, which then picks the expert by the step's time, not the tokens' times
+            models = [with_given_frames(model, clean, given, tokens) for model in models]
             noise = torch.where(given[:, None, :, None, None], clean, noise)
-        return self.sample(model, noise, s, callback)
+        return self.sample(self.switch(models), noise, s, callback)
 
     @staticmethod
     def sample(model, noise: torch.Tensor, s: GenerationSettings, callback=None) -> torch.Tensor:
@@ -146,16 +153,32 @@ class TextToVideoPipeline:
             model = quantised_timesteps(model, grid)
         return SAMPLERS[s.sampler](model, noise, times, callback)
 
-    def guided_model(self, dit, text, negative, s: GenerationSettings):
-        """The velocity function the sampler steps: CFG over `dit` (two-expert pipelines override it)."""
-        return guided_velocity(dit, text, negative, s.guidance)
+    @property
+    def experts(self) -> list[DiT]:
+        """The DiTs that denoise, the high-noise one first: one, except for two-expert models."""
+        return [self.dit]
 
-    def _dit_in(self, dtype: torch.dtype):
-        """The DiT, fed in its own dtype (bf16 weights) while the sampler's latents stay in `dtype`."""
-        own = next(self.dit.parameters()).dtype
+    def guided_experts(self, dits, text, negative, s: GenerationSettings) -> list:
+        """Each expert's velocity function (`dits`: one callable per expert) under its classifier-free guidance."""
+        return [guided_velocity(dit, text, negative, s.guidance) for dit in dits]
+
+    def switch(self, models: list):
+        """One velocity function from the experts' (two-expert pipelines switch at their boundary)."""
+        (model,) = models
+        return model
+
+    def guided_model(self, dits, text, negative, s: GenerationSettings):
+        """The velocity function the sampler steps, from one DiT callable per expert."""
+        return self.switch(self.guided_experts(dits, text, negative, s))
+
+    def _dit_in(self, dtype: torch.dtype, dit: DiT | None = None):
+        """A DiT (default: the first), fed in its own dtype (bf16 weights) while the sampler's latents stay in
+        `dtype`."""
+        dit = self.dit if dit is None else dit
+        own = next(dit.parameters()).dtype
         if own == dtype:
-            return self.dit
-        return lambda x, t, context, **kw: self.dit(x.to(own), t, context, **kw).to(x.dtype)
+            return dit
+        return lambda x, t, context, **kw: dit(x.to(own), t, context, **kw).to(x.dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -26,9 +26,13 @@ class TwoExpertPipeline(TextToVideoPipeline):
             raise ValueError("the two experts must take the same latents (in_channels, patch_size)")
         self.dit_2, self.boundary = dit_2, float(boundary)
 
-    def guided_model(self, dit, text, negative, s: GenerationSettings):
-        own = next(self.dit_2.parameters()).dtype
-        low = lambda x, t, c, **kw: self.dit_2(x.to(own), t, c, **kw).to(x.dtype)  # noqa: E731
+    @property
+    def experts(self) -> list[DiT]:
+        return [self.dit, self.dit_2]
+
+    def guided_experts(self, dits, text, negative, s: GenerationSettings) -> list:
         g2 = s.guidance if s.guidance_2 < 0 else s.guidance_2
-        return switch_experts(guided_velocity(dit, text, negative, s.guidance),
-                              guided_velocity(low, text, negative, g2), self.boundary)
+        return [guided_velocity(dit, text, negative, g) for dit, g in zip(dits, (s.guidance, g2), strict=True)]
+
+    def switch(self, models: list):
+        return switch_experts(*models, self.boundary)

@@ -42,7 +42,7 @@ def regenerate(pipe, z0: torch.Tensor, captions: list[str], tau: float, generato
     noise = torch.randn(z0.shape, generator=generator).to(z0)
     x = add_noise(z0, noise, torch.full((len(z0),), float(times[0]), dtype=z0.dtype))
     text, neg = pipe.encode_prompts(captions, s.negative_prompt)
-    return SAMPLERS[s.sampler](pipe.guided_model(pipe.dit, text, neg, s), x, times)
+    return SAMPLERS[s.sampler](pipe.guided_model(pipe.experts, text, neg, s), x, times)
 
 
 @torch.no_grad()

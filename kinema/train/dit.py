@@ -142,6 +142,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=patch_size,
                    help="the DiT's (t, h, w) patch, e.g. 1,1,1 (default: the preset's); with --init of a coarser "
                         "patch, the patch embedding and head are derived from it (kinema/train/repatch.py)")
+    p.add_argument("--layers", type=int,
+                   help="DiT blocks (default: the preset's); with --init of fewer blocks, the new ones start as "
+                        "copies that add nothing (kinema/train/deepen.py)")
     p.add_argument("--window", type=int, default=0,
                    help="latent frames per training sample, cropped at random from the pool's longer clips (0: all)")
     p.add_argument("--long-pool", type=int, default=0,
@@ -166,6 +169,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--text-dropout", type=float, default=0.1, help="fraction of captions replaced by ''")
     p.add_argument("--t-shift", type=float, default=2.0, help="timestep shift of the training t draw")
+    p.add_argument("--t-range", type=time_range, default=(0.0, 1.0),
+                   help="LO,HI: train on times in this range only (the draw scaled into it), e.g. 0,0.5 for the "
+                        "low-noise expert of a two-expert model (Wan 2.2 A14B's split)")
     p.add_argument("--sample-shift", type=float, default=None,
                    help="timestep shift the model samples with, written to its defaults (default: --t-shift)")
     p.add_argument("--cond-frac", type=float, default=0.35,
@@ -339,11 +345,23 @@ def patch_size(text: str) -> tuple[int, int, int]:
     return patch
 
 
+def time_range(text: str) -> tuple[float, float]:
+    """'LO,HI' -> (lo, hi) with 0 <= lo < hi <= 1."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0,0.5), got {text!r}") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO < HI <= 1, got {text!r}")
+    return lo, hi
+
+
 def dit_config(args) -> DiTConfig:
     """The preset, in the asked attention mode and patch size."""
     cfg = DIT_PRESETS[args.preset]
     cfg = with_attention(cfg, args.attention, args.temporal_conv) if args.attention else cfg
-    return replace(cfg, patch_size=args.patch_size) if args.patch_size else cfg
+    cfg = replace(cfg, patch_size=args.patch_size) if args.patch_size else cfg
+    return replace(cfg, num_layers=args.layers) if args.layers else cfg
 
 
 def build_dit(args, vae: VideoVAE, text_cfg: TextEncoderConfig) -> DiT:
@@ -362,17 +380,23 @@ def init_weights(dit: DiT, folder: Path) -> None:
     from kinema.pipelines.loading import load_weights
 
     spec = folder / "model.json"
-    old = DiTConfig.from_dict(json.loads(spec.read_text())["dit"]).patch_size if spec.exists() else None
-    if old is None or old == dit.config.patch_size:
+    old = DiTConfig.from_dict(json.loads(spec.read_text())["dit"]) if spec.exists() else None
+    if old is None or (old.patch_size, old.num_layers) == (dit.config.patch_size, dit.config.num_layers):
         load_weights(dit, folder / "dit.safetensors")
         return
     from safetensors.torch import load_file
 
+    from kinema.train.deepen import deepen_state
     from kinema.train.repatch import repatch_state
 
-    log.info("repatching %s from patch %s to %s", folder, old, dit.config.patch_size)
-    dit.load_state_dict(repatch_state(load_file(str(folder / "dit.safetensors")), old, dit.config.patch_size,
-                                      dit.config.out_channels))
+    state = load_file(str(folder / "dit.safetensors"))
+    if old.patch_size != dit.config.patch_size:
+        log.info("repatching %s from patch %s to %s", folder, old.patch_size, dit.config.patch_size)
+        state = repatch_state(state, old.patch_size, dit.config.patch_size, dit.config.out_channels)
+    if old.num_layers != dit.config.num_layers:
+        log.info("deepening %s from %d to %d blocks", folder, old.num_layers, dit.config.num_layers)
+        state = deepen_state(state, old.num_layers, dit.config.num_layers)
+    dit.load_state_dict(state)
 
 
 def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
@@ -384,7 +408,8 @@ def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
     drop = torch.rand(args.batch, generator=g) < args.text_dropout
     x0, text = source.fetch(idx[part], idx)                                          # (b, C, T', H, W), (b, L, D)
     text[drop[part]] = source.empty.to(text.dtype)
-    t = logit_normal_times(args.batch, shift=args.t_shift, generator=g)
+    lo, hi = args.t_range
+    t = lo + (hi - lo) * logit_normal_times(args.batch, shift=args.t_shift, generator=g)
     starts = source.starts(idx) if isinstance(source, sources.PoolSource) else None  # long clips' windows
     if args.window:
         crop = torch.randint(0, x0.shape[2] - args.window + 1, (args.batch,), generator=g)

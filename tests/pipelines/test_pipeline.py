@@ -37,6 +37,38 @@ def test_save_then_load_gives_identical_outputs(tiny_model_dir, tmp_path):
     assert (pipe("a blue square", seed=1).frames == again("a blue square", seed=1).frames).all()
 
 
+def test_a_two_expert_model_saves_and_loads(tiny_model_dir, tmp_path):
+    """A kinema folder with a low-noise expert loads as a two-expert pipeline that switches at its boundary; its
+    DiTs may be stored in float16 (they load back to the pipeline's dtype, equal to the rounded weights)."""
+    from kinema.dit.model import DiT
+    from kinema.pipelines.loading import save_model
+    from kinema.pipelines.text_to_video import TextToVideoPipeline
+    from kinema.pipelines.two_experts import TwoExpertPipeline
+
+    pipe = load_pipeline(tiny_model_dir)
+    low = DiT(pipe.dit.config).eval()
+    torch.manual_seed(1)
+    for p in low.parameters():
+        p.data.normal_(0, 0.1)
+    folder = save_model(tmp_path / "two", pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "two",
+                        dit_2=low, boundary=0.5, dit_dtype=torch.float16)
+    two = load_pipeline(folder)
+    assert isinstance(two, TwoExpertPipeline) and two.boundary == 0.5
+    assert next(two.dit_2.parameters()).dtype == torch.float32
+    for ours, theirs in ((two.dit, pipe.dit), (two.dit_2, low)):
+        for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+            assert torch.equal(a, b.half().float())
+    prompt = "a blue square"
+    assert (two(prompt, seed=1).frames != pipe(prompt, seed=1).frames).any()  # the low-noise expert takes part
+    high_only = TwoExpertPipeline(two.text_encoder, two.vae, two.dit, two.dit_2, 0.0, two.defaults)
+    single = TextToVideoPipeline(two.text_encoder, two.vae, two.dit, two.defaults)
+    assert (high_only(prompt, seed=1).frames == single(prompt, seed=1).frames).all()   # boundary 0: the DiT alone
+    one = save_model(folder, pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "one")  # overwritten
+    assert not (one / "dit_2.safetensors").exists() and not isinstance(load_pipeline(one), TwoExpertPipeline)
+    with pytest.raises(ValueError, match="both"):
+        save_model(tmp_path / "x", pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "x", dit_2=low)
+
+
 def test_bad_settings_are_refused(tiny_model_dir):
     pipe = load_pipeline(tiny_model_dir)
     with pytest.raises(ValueError, match="1 \\+ 4k"):

@@ -129,3 +129,21 @@ def test_a_decoder_only_run_exports_the_base_model_with_the_new_vae(tmp_path, ti
     args.freeze_encoder = False
     with pytest.raises(ValueError, match="needs --freeze-encoder"):
         train_vae.train(args)
+
+
+def test_t_range_limits_the_training_times(tmp_path):
+    import json
+
+    import pytest
+
+    vae_ckpt = train_vae.train(_vae_args(tmp_path / "vae", 2))
+    args = train_dit.parse_args(["--vae", str(vae_ckpt), "--out", str(tmp_path / "low"), "--preset", "tiny",
+                                 "--pool", "6", "--frames", "5", "--size", "32", "--steps", "6", "--batch", "8",
+                                 "--ckpt-every", "6", "--warmup", "1", "--t-range", "0,0.25"])
+    train_dit.train(args)
+    rows = [json.loads(x) for x in (tmp_path / "low" / "metrics.jsonl").read_text().splitlines()]
+    bins = {k for r in rows for k in r if k.startswith("loss_t")}
+    assert bins == {"loss_t0.00-0.25"}  # 48 draws, none above the range
+    for bad in ("0.5,0.5", "0,1.5", "-0.1,0.5", "half"):
+        with pytest.raises(SystemExit):
+            train_dit.parse_args(["--out", "x", "--t-range", bad])
