@@ -4,6 +4,8 @@ The pipeline is the text-to-video pipeline with a second DiT: `dit` is the high-
 `transformer`, the release's `high_noise_model/`), `dit_2` the low-noise one (`transformer_2`, `low_noise_model/`).
 Each expert gets its own classifier-free guidance (`guidance` / `guidance_2`, as diffusers' `guidance_scale` /
 `guidance_scale_2`), and `kinema.flow.experts.switch_experts` makes the two one velocity function for the sampler.
+A kinema model folder holds a two-expert model as `dit_2.safetensors` and a boundary (`kinema experts`); causal
+experts stream, each with its own KV cache. Experts may differ in depth and width, not in the latents they take.
 """
 
 from __future__ import annotations
