@@ -441,6 +441,8 @@ def add_experts(sub) -> None:
     p.add_argument("low", help="model folder of the low-noise expert (same VAE)")
     p.add_argument("--boundary", type=float, required=True, help="the switch time, strictly between 0 and 1")
     p.add_argument("-o", "--output", required=True, help="new model folder")
+    p.add_argument("--guidance-2", type=float,
+                   help="the low-noise expert's default guidance scale (default: the model's guidance)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="storage of the DiT weights (float16: half the bytes; they load back as float32)")
 
@@ -452,7 +454,8 @@ def cmd_experts(args) -> int:
 
     if (Path(args.output) / "model.json").exists():
         raise UsageError(f"{args.output} already holds a model; choose a new folder")
-    out = join_experts(args.high, args.low, args.boundary, args.output, getattr(torch, args.dtype))
+    out = join_experts(args.high, args.low, args.boundary, args.output, getattr(torch, args.dtype),
+                       guidance_2=args.guidance_2)
     print(f"wrote {out}")
     return 0
 

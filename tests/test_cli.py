@@ -112,10 +112,11 @@ def test_experts_joins_a_model_and_a_low_noise_expert(tiny_model_dir, tmp_path, 
     low = save_model(tmp_path / "low", pipe.text_encoder.config, pipe.vae, pipe.dit, pipe.defaults, "low")
     out = tmp_path / "two"
     code, _, _ = _run(capsys, "experts", str(tiny_model_dir), str(low), "--boundary", "0.4", "-o", str(out),
-                      "--dtype", "float16")
+                      "--dtype", "float16", "--guidance-2", "2.5")
     assert code == 0
     two = load_pipeline(out)
     assert isinstance(two, TwoExpertPipeline) and two.boundary == 0.4
+    assert two.defaults.guidance_2 == 2.5 and two.defaults.guidance == pipe.defaults.guidance
     assert all(torch.equal(a, b.half().float()) for a, b in zip(two.dit_2.state_dict().values(),
                                                                  pipe.dit.state_dict().values()))
     code, _, err = _run(capsys, "experts", str(tiny_model_dir), str(low), "--boundary", "0.4", "-o", str(out))

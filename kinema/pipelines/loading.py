@@ -151,9 +151,11 @@ def save_model(path: str | os.PathLike, text_cfg: TextEncoderConfig, vae: VideoV
 
 
 def join_experts(high: str | os.PathLike, low: str | os.PathLike, boundary: float, out: str | os.PathLike,
-                 dit_dtype: torch.dtype | None = None, name: str | None = None) -> Path:
+                 dit_dtype: torch.dtype | None = None, name: str | None = None,
+                 guidance_2: float | None = None) -> Path:
     """Write a two-expert model: `high`'s text encoder, VAE, defaults and DiT (for t >= boundary) with `low`'s DiT
-    (its low-noise expert if it has two) below. Both models must share the VAE, whose latents the experts denoise."""
+    (its low-noise expert if it has two) below, guided with `guidance_2` by default (None: as the high one). Both
+    models must share the VAE, whose latents the experts denoise."""
     if not 0.0 < boundary < 1.0:
         raise ValueError(f"the boundary must be strictly between 0 and 1, got {boundary}")
     a, b = load_pipeline(high), load_pipeline(low)
@@ -164,5 +166,6 @@ def join_experts(high: str | os.PathLike, low: str | os.PathLike, boundary: floa
     low_dit = b.experts[-1]
     if (low_dit.config.in_channels, low_dit.config.patch_size) != (a.dit.config.in_channels, a.dit.config.patch_size):
         raise ValueError("the two experts must take the same latents (in_channels, patch_size)")
-    return save_model(out, a.text_encoder.config, a.vae, a.dit, a.defaults, name or Path(out).name,
+    defaults = a.defaults if guidance_2 is None else a.settings(guidance_2=guidance_2)
+    return save_model(out, a.text_encoder.config, a.vae, a.dit, defaults, name or Path(out).name,
                       dit_2=low_dit, boundary=boundary, dit_dtype=dit_dtype)
