@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from kinema.atomic import temp_beside
 from kinema.data.video_folder import VideoDataConfig, VideoFolder
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ VERSION = 1
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     os.close(fd)
     try:
         write(tmp)

@@ -14,12 +14,12 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kinema.atomic import temp_beside
 from kinema.data.shapes import COLOURS, EXTRA_COLOURS, Scene, parse_canonical, render_clip
 from kinema.eval.judge import consistency, judge_clip, motion_matches
 from kinema.eval.vae import reconstruction_psnr
@@ -248,7 +248,7 @@ def run_eval(args) -> tuple[dict, str]:
 
 def _write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_beside(path, suffix="")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)

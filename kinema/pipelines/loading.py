@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from kinema.atomic import temp_beside
 from kinema.convert import state_dict_mismatch
 from kinema.convert.torch_files import atomic_save_safetensors
 from kinema.dit.model import DiT, DiTConfig
@@ -141,7 +141,7 @@ def save_model(path: str | os.PathLike, text_cfg: TextEncoderConfig, vae: VideoV
     experts = {"dit_2": dit_2.config.to_dict(), "boundary": float(boundary)} if dit_2 is not None else {}
     spec = {"format": "kinema", "name": name, "text_encoder": text_cfg.to_dict(), "vae": vae.config.to_dict(),
             "dit": dit.config.to_dict(), **experts, "defaults": defaults.to_dict(), **(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.json.", suffix=".tmp")
+    fd, tmp = temp_beside(path / "model.json")
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f, indent=2)
     os.replace(tmp, path / "model.json")

@@ -8,13 +8,14 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from kinema.atomic import temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temp file in the same folder, then rename: a reader never sees a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

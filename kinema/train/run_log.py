@@ -7,12 +7,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from kinema.atomic import temp_beside
 from kinema.train.common import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def add_args(p) -> None:
 def write_json(path: Path, obj: dict) -> None:
     """JSON written atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, default=str)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from kinema.atomic import temp_beside
 
 CODECS = {"h264": "libx264", "h265": "libx265"}
 
@@ -44,7 +45,7 @@ class Video:
 
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True) if not path.parent.exists() else None
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".tmp")
+    return temp_beside(path.with_name(path.stem), suffix=path.suffix or ".tmp")
 
 
 @contextmanager
