@@ -163,9 +163,9 @@ def join_experts(high: str | os.PathLike, low: str | os.PathLike, boundary: floa
         torch.equal(x, y) for x, y in zip(a.vae.state_dict().values(), b.vae.state_dict().values()))
     if not same_vae:
         raise ValueError(f"{low} and {high} do not share the VAE: their DiTs denoise different latents")
-    low_dit = b.experts[-1]
-    if (low_dit.config.in_channels, low_dit.config.patch_size) != (a.dit.config.in_channels, a.dit.config.patch_size):
-        raise ValueError("the two experts must take the same latents (in_channels, patch_size)")
+    from kinema.pipelines.two_experts import TwoExpertPipeline
+
     defaults = a.defaults if guidance_2 is None else a.settings(guidance_2=guidance_2)
-    return save_model(out, a.text_encoder.config, a.vae, a.dit, defaults, name or Path(out).name,
-                      dit_2=low_dit, boundary=boundary, dit_dtype=dit_dtype)
+    pair = TwoExpertPipeline(a.text_encoder, a.vae, a.dit, b.experts[-1], boundary, defaults)  # checks the latents
+    return save_model(out, a.text_encoder.config, a.vae, pair.dit, defaults, name or Path(out).name,
+                      dit_2=pair.dit_2, boundary=boundary, dit_dtype=dit_dtype)

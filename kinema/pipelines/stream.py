@@ -36,8 +36,9 @@ def chunk_slices(frames: int, chunk: int, start: int = 0) -> list[slice]:
 
 
 def check_streamable(pipe, chunk: int, window: int | None) -> None:
-    if any(dit.config.attention != "causal" for dit in pipe.experts):
-        raise ValueError(f"streaming needs a causal model; {pipe.name!r} uses {pipe.dit.config.attention!r} attention")
+    modes = {dit.config.attention for dit in pipe.experts} - {"causal"}
+    if modes:
+        raise ValueError(f"streaming needs a causal model; {pipe.name!r} uses {modes.pop()!r} attention")
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1 latent frame, got {chunk}")
     if window is not None and window < chunk:
