@@ -135,7 +135,7 @@ class BlockStreamer:
 
 def footprint(pipe, tokens: int, batch: int = 2) -> Footprint:
     """The `Footprint` of a text-to-video pipeline for `tokens` video tokens and a CFG batch of `batch`."""
-    dits = [d for d in (pipe.dit, getattr(pipe, "dit_2", None)) if d is not None]
+    dits = pipe.experts
     blocks = [module_bytes(b) for d in dits for b in d.blocks]
     c = pipe.dit.config
     size = next(pipe.dit.parameters()).element_size()
@@ -164,7 +164,7 @@ def text_bytes_estimate(encoder) -> int:
 def apply_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
     """Place the pipeline's components (loaded on the CPU) for `plan`, installing the offload hooks."""
     device = torch.device(device)
-    dits = [d for d in (pipe.dit, getattr(pipe, "dit_2", None)) if d is not None]
+    dits = pipe.experts
     text = pipe.text_encoder
     if plan.text_on_cpu and text.device != torch.device("cpu"):
         text.device = torch.device("cpu")  # it loads (or is moved) where it is told; embeddings follow the pipeline
