@@ -24,3 +24,25 @@ def test_temp_files_and_what_they_become_get_ordinary_permissions(tmp_path):
         assert _mode(out) == 0o644            # mkstemp alone gives 0600: a video nobody else can read
     finally:
         os.umask(old)
+
+
+def test_files_written_by_name_get_ordinary_permissions_and_failures_leave_nothing(tmp_path):
+    import pytest
+    import torch
+
+    from kinema.atomic import atomic_path
+    from kinema.convert.torch_files import atomic_save_safetensors
+    from kinema.pipelines.latents import save_latents
+
+    old = os.umask(0o022)
+    try:
+        atomic_save_safetensors({"w": torch.zeros(2)}, tmp_path / "dit.safetensors")
+        save_latents(tmp_path / "run.safetensors", torch.zeros(1, 4, 2, 2, 2), {"seed": 0})
+        # safetensors re-creates the file it writes as 0600 whatever the temp file's mode was
+        assert _mode(tmp_path / "dit.safetensors") == 0o644 and _mode(tmp_path / "run.safetensors") == 0o644
+        with pytest.raises(RuntimeError), atomic_path(tmp_path / "lost.bin") as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("writer failed")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["dit.safetensors", "run.safetensors"]
+    finally:
+        os.umask(old)

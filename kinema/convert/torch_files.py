@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kinema.atomic import temp_beside
+from kinema.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,6 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.Pat
     """safetensors to a temp file in the same folder, then rename: a reader never sees a partial file."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

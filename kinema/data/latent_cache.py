@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from kinema.atomic import temp_beside
+from kinema.atomic import atomic_path
 from kinema.data.video_folder import VideoDataConfig, VideoFolder
 
 log = logging.getLogger(__name__)
@@ -35,14 +34,8 @@ VERSION = 1
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:

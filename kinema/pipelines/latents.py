@@ -7,29 +7,20 @@ metadata (`kinema_run`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from kinema.atomic import temp_beside
+from kinema.atomic import atomic_path
 
 
 def save_latents(path: str | Path, latents: torch.Tensor, run: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = temp_beside(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({"latents": latents.detach().float().cpu().contiguous()}, tmp,
                   metadata={"kinema_run": json.dumps(run, default=str)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, dict]:

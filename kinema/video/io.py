@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kinema.atomic import temp_beside
+from kinema.atomic import atomic_path, temp_beside
 
 CODECS = {"h264": "libx264", "h265": "libx265"}
 
@@ -48,18 +47,10 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     return temp_beside(path.with_name(path.stem), suffix=path.suffix or ".tmp")
 
 
-@contextmanager
 def atomic_file(path: str | Path):
-    """Yield a temp file path next to `path`; on success it is renamed onto `path`, on any error removed."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Yield a temp file path next to `path` (with its suffix); on success it is renamed onto `path`, on any error
+    removed."""
+    return atomic_path(path, keep_suffix=True)
 
 
 class Mp4Writer:
