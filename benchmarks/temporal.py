@@ -136,7 +136,8 @@ def long_bounces(model: str, frames: int, steps: int, window: int, seeds: int = 
     from kinema.video.io import Video
 
     pipe, rows = kinema.load_pipeline(model), []
-    for seed, (i, (colour, shape, bg)) in ((i + 100 * k, b) for k in range(seeds) for i, b in enumerate(BOUNCE)):
+    runs = [(i + 100 * k, colour, shape, bg) for k in range(seeds) for i, (colour, shape, bg) in enumerate(BOUNCE)]
+    for seed, colour, shape, bg in runs:
         prompt = f"a {colour} {shape} bouncing left and right on a {bg} background"
         scene = Scene(colour, shape, "bounce", bg)
         chunks = list(stream_video(pipe, [prompt], seeds=[seed], frames=frames, steps=steps, window=window))
