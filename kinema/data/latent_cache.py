@@ -33,22 +33,16 @@ FORMAT = "kinema-latent-cache"
 VERSION = 1
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)
-
-
 def save_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """safetensors file written atomically; metadata values are JSON-encoded."""
     meta = {k: json.dumps(v) for k, v in metadata.items()}
-    _atomic_write_bytes(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, meta))
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, meta)
 
 
 def write_json(path: Path, obj: dict) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    _atomic_write_bytes(path, write)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 def shard_metadata(path: Path) -> dict | None:
