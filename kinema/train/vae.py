@@ -86,14 +86,20 @@ def object_weight(cover: torch.Tensor, boost: float) -> torch.Tensor:
     return 1.0 + boost * grown
 
 
+def object_and_background(video: torch.Tensor, cover: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3) mean colour of the fully covered pixels and of the uncovered ones of video (B, 3, T, H, W)."""
+    full, none = (cover > 0.99).to(video.dtype), (cover == 0).to(video.dtype)         # (B, 1, T, H, W)
+    mean = lambda m: (video * m).sum(dim=(2, 3, 4)) / m.sum(dim=(2, 3, 4)).clamp(min=1)  # noqa: E731  (B, 3)
+    return mean(full), mean(none)
+
+
 def contrast_weight(video: torch.Tensor, cover: torch.Tensor, reference: float, cap: float) -> torch.Tensor:
     """(B, 1, 1, 1, 1) per-clip loss weight reference / contrast, clamped to [1, cap]: the contrast is the distance
     (0-255 units) between the object's colour (fully covered pixels) and the background's. An edge blurred by a
     pixel costs a loss in proportion to its contrast, so without this low-contrast objects (most colours on gray)
     come back blurred (measured: docs/models/shapes.md)."""
-    full, none = (cover > 0.99).to(video.dtype), (cover == 0).to(video.dtype)         # (B, 1, T, H, W)
-    mean = lambda m: (video * m).sum(dim=(2, 3, 4)) / m.sum(dim=(2, 3, 4)).clamp(min=1)  # noqa: E731  (B, 3)
-    contrast = (mean(full) - mean(none)).norm(dim=1) * 127.5                          # (B,)
+    fg, bg = object_and_background(video, cover)
+    contrast = (fg - bg).norm(dim=1) * 127.5                                          # (B,)
     return (reference / contrast.clamp(min=1.0)).clamp(1.0, cap)[:, None, None, None, None]
 
 
@@ -110,6 +116,32 @@ def reconstruction_loss(recon, target, weight) -> dict[str, torch.Tensor]:
         if recon.shape[2] > 1 else recon.new_zeros(())
     return {"l1": (weight * err.abs()).mean(), "l2": (weight * err.square()).mean(), "grad": grad,
             "temporal": temporal}
+
+
+def object_centres(video: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+    """(B, T, 2) x, y centre (pixels) of how much of each pixel is the object's colour: the projection of video
+    (B, 3, T, H, W) onto fg - bg (B, 3), clamped to [0, 1], as the renderer's coverage blends them."""
+    axis = (fg - bg)[:, :, None, None, None]                                          # (B, 3, 1, 1, 1)
+    alpha = (((video - bg[:, :, None, None, None]) * axis).sum(1) / axis.square().sum(1)).clamp(0, 1)  # (B, T, H, W)
+    mass = alpha.sum(dim=(2, 3)).clamp(min=1e-3)                                      # (B, T)
+    ys = torch.arange(video.shape[3], dtype=video.dtype, device=video.device) + 0.5
+    xs = torch.arange(video.shape[4], dtype=video.dtype, device=video.device) + 0.5
+    return torch.stack([(alpha.sum(2) * xs).sum(-1) / mass, (alpha.sum(3) * ys).sum(-1) / mass], dim=-1)
+
+
+def centroid_loss(recon: torch.Tensor, video: torch.Tensor, cover: torch.Tensor,
+                  min_contrast: float = 30.0) -> torch.Tensor:
+    """Mean distance (pixels, L1 over x and y) between the object's centre in recon and in video (B, 3, T, H, W),
+    over frames showing the object on clips whose object/background contrast is at least `min_contrast` (0-255).
+    A decoder that draws the object a fraction of a pixel late in part of a latent frame pays almost nothing in
+    L1/L2 but this in full (docs/models/shapes.md, "Why seams jump")."""
+    fg, bg = object_and_background(video, cover)
+    shown = (cover > 0.99).any(dim=4).any(dim=3)[:, 0]                                # (B, T)
+    keep = ((fg - bg).norm(dim=1) * 127.5 >= min_contrast)[:, None] & shown
+    if not keep.any():
+        return recon.new_zeros(())
+    err = (object_centres(recon, fg, bg) - object_centres(video, fg, bg)).abs().sum(-1)  # (B, T)
+    return err[keep].mean()
 
 
 def vae_step(vae: VideoVAE, video, cover, args) -> dict[str, torch.Tensor]:
@@ -141,6 +173,9 @@ def decoder_losses(vae: VideoVAE, z, video, cover, args) -> dict[str, torch.Tens
         weight = weight * contrast_weight(video, cover, args.contrast_reference, args.contrast_cap)
     losses = reconstruction_loss(recon, video, weight)
     losses["loss"] = losses["l1"] + losses["l2"] + 0.5 * losses["grad"] + args.temporal_weight * losses["temporal"]
+    if args.centroid_weight:
+        losses["centroid"] = centroid_loss(recon, video, cover)
+        losses["loss"] = losses["loss"] + args.centroid_weight * losses["centroid"]
     return losses
 
 
@@ -163,6 +198,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temporal-weight", type=float, default=0.0,
                    help="weight of an L1 loss on frame-to-frame differences, so motion inside a latent frame's 4 "
                         "frames is not smoothed into a jump at the next latent frame (0: off)")
+    p.add_argument("--centroid-weight", type=float, default=0.0,
+                   help="weight of an L1 loss (pixels) on the object's centre in every frame, so the decoder does not "
+                        "draw part of a latent frame's 4 frames behind the motion (0: off)")
     p.add_argument("--kl-weight", type=float, default=1e-6,
                    help="KL weight; larger values push the posterior noise up and blur reconstructions")
     p.add_argument("--colour-jitter", type=float, default=0.0,
