@@ -118,11 +118,13 @@ def reconstruction_loss(recon, target, weight) -> dict[str, torch.Tensor]:
             "temporal": temporal}
 
 
-def object_centres(video: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> torch.Tensor:
+def object_centres(video: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
     """(B, T, 2) x, y centre (pixels) of how much of each pixel is the object's colour: the projection of video
-    (B, 3, T, H, W) onto fg - bg (B, 3), clamped to [0, 1], as the renderer's coverage blends them."""
+    (B, 3, T, H, W) onto fg - bg (B, 3), clamped to [0, 1], as the renderer's coverage blends them, counted only
+    where `near` (B, T, H, W) is true (so faint noise over the whole background does not pull it to the middle)."""
     axis = (fg - bg)[:, :, None, None, None]                                          # (B, 3, 1, 1, 1)
     alpha = (((video - bg[:, :, None, None, None]) * axis).sum(1) / axis.square().sum(1)).clamp(0, 1)  # (B, T, H, W)
+    alpha = alpha * near
     mass = alpha.sum(dim=(2, 3)).clamp(min=1e-3)                                      # (B, T)
     ys = torch.arange(video.shape[3], dtype=video.dtype, device=video.device) + 0.5
     xs = torch.arange(video.shape[4], dtype=video.dtype, device=video.device) + 0.5
@@ -130,17 +132,20 @@ def object_centres(video: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor) -> t
 
 
 def centroid_loss(recon: torch.Tensor, video: torch.Tensor, cover: torch.Tensor,
-                  min_contrast: float = 30.0) -> torch.Tensor:
+                  min_contrast: float = 30.0, reach: int = 4) -> torch.Tensor:
     """Mean distance (pixels, L1 over x and y) between the object's centre in recon and in video (B, 3, T, H, W),
     over frames showing the object on clips whose object/background contrast is at least `min_contrast` (0-255).
     A decoder that draws the object a fraction of a pixel late in part of a latent frame pays almost nothing in
-    L1/L2 but this in full (docs/models/shapes.md, "Why seams jump")."""
+    L1/L2 but this in full (docs/models/shapes.md, "Why seams jump"). Both centres count pixels within `reach`
+    pixels of the object."""
     fg, bg = object_and_background(video, cover)
     shown = (cover > 0.99).any(dim=4).any(dim=3)[:, 0]                                # (B, T)
     keep = ((fg - bg).norm(dim=1) * 127.5 >= min_contrast)[:, None] & shown
     if not keep.any():
         return recon.new_zeros(())
-    err = (object_centres(recon, fg, bg) - object_centres(video, fg, bg)).abs().sum(-1)  # (B, T)
+    b, _, t, h, w = cover.shape
+    near = F.max_pool2d(cover.reshape(b * t, 1, h, w), 2 * reach + 1, stride=1, padding=reach).reshape(b, t, h, w) > 0
+    err = (object_centres(recon, fg, bg, near) - object_centres(video, fg, bg, near)).abs().sum(-1)  # (B, T)
     return err[keep].mean()
 
 

@@ -15,7 +15,7 @@ def _batch(scenes, frames=5, size=32, seed=0):
 def test_centres_follow_the_rendered_path():
     video, cover, clips = _batch([Scene("red", "circle", "right", "black"), Scene("blue", "square", "down", "gray")])
     fg, bg = object_and_background(video, cover)
-    centres = object_centres(video, fg, bg)                                          # (B, T, 2)
+    centres = object_centres(video, fg, bg, torch.ones_like(cover[:, 0], dtype=torch.bool))  # (B, T, 2)
     truth = torch.from_numpy(np.stack([c.centres for c in clips])).float()
     assert (centres - truth).abs().max() < 0.1
 
@@ -33,3 +33,10 @@ def test_clips_with_too_little_contrast_are_left_out():
     faint = -1 + 0.05 * (video + 1)                                                  # white at 5 %: ~13/255 contrast
     assert centroid_loss(torch.roll(faint, 2, dims=4), faint, cover) == 0
     assert centroid_loss(torch.roll(video, 2, dims=4), video, cover) > 1.5
+
+
+def test_background_noise_far_from_the_object_does_not_move_its_centre():
+    video, cover, _ = _batch([Scene("red", "circle", "still", "black")])
+    noisy = video + 0.03 * torch.rand(video.shape, generator=torch.Generator().manual_seed(0))
+    assert centroid_loss(noisy, video, cover) < 0.1                                  # 4/255 of noise
+    assert centroid_loss(noisy, video, cover, reach=40) > 0.5                         # counted over the whole frame
