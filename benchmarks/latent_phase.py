@@ -1,6 +1,6 @@
 """How evenly a model's VAE spaces motion across the frames of a latent frame (why extension seams jump).
 
-    python benchmarks/latent_phase.py [--model shapes] [--seeds 2] [--generated [--set steps=40 ...]]
+    python benchmarks/latent_phase.py [--model shapes] [--vae CKPT] [--seeds 2] [--generated [--set steps=40 ...]]
 
 A causal video VAE turns frames 4k-3 .. 4k (k >= 1) into latent frame k. For the extension prompts' bounces
 (`kinema/eval/prompts/extend.txt`, rendered at 65 frames, seeds 1000 s + i as `kinema eval --extend` draws them), the
@@ -11,7 +11,9 @@ judge's object centre gives, for the frames from 17 on:
   changes a generation setting, e.g. steps=40, sampler=unipc, guidance_2=5);
 - the reconstruction's offset from the real centre along the direction of motion (px, + ahead), away from turns.
 
-Prints a markdown table. Evenly spaced motion reads the same in every column (first / last = 1).
+Prints a markdown table (evenly spaced motion reads the same in every column: first / last = 1) and the VAE's
+held-out reconstruction PSNR (`kinema.eval.vae`). --vae puts a `kinema train-vae` checkpoint's VAE (its EMA) in the
+model's place, to judge a decoder before it is written into a model folder.
 """
 
 from __future__ import annotations
@@ -45,8 +47,17 @@ def lag_by_phase(true_x: np.ndarray, seen_x: np.ndarray, found_x: np.ndarray) ->
     return out
 
 
-def measure(model: str, seeds: int, generated: bool, settings: dict) -> dict[str, list[float]]:
+def load(model: str, vae: str | None):
     import kinema
+    from kinema.train.dit import load_vae_checkpoint
+
+    pipe = kinema.load_pipeline(model)
+    if vae:
+        pipe.vae.load_state_dict(load_vae_checkpoint(vae).state_dict())
+    return pipe
+
+
+def measure(pipe, seeds: int, generated: bool, settings: dict) -> dict[str, list[float]]:
     from kinema.data.shapes import render_clip
     from kinema.eval.extension import SEED_OFFSET
     from kinema.eval.judge import judge_clip
@@ -54,7 +65,6 @@ def measure(model: str, seeds: int, generated: bool, settings: dict) -> dict[str
     from kinema.pipelines.extend import extend_video
     from kinema.video.io import Video
 
-    pipe = kinema.load_pipeline(model)
     rows = {"real clips": [], "VAE reconstructions": [], "generated extensions": [], "lag": []}
     acc = {k: {r: [] for r in PHASES} for k in rows}
     for k in range(seeds):
@@ -100,6 +110,7 @@ def _value(text: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="shapes")
+    p.add_argument("--vae", help="a kinema train-vae checkpoint whose VAE replaces the model's")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--generated", action="store_true", help="also measure the model's own extensions (slower)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -108,7 +119,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     settings = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    print(table(measure(args.model, args.seeds, args.generated, settings)))
+    from kinema.eval.vae import reconstruction_psnr
+
+    pipe = load(args.model, args.vae)
+    print(table(measure(pipe, args.seeds, args.generated, settings)))
+    print(f"held-out reconstruction PSNR: {reconstruction_psnr(pipe.vae)['psnr_mean']:.2f} dB")
     return 0
 
 
