@@ -336,6 +336,14 @@ def model_folder(name: str | Path | None, missing: str = MODEL_OUT_BASE) -> Path
     return folder
 
 
+def stored_dtype(path: Path) -> torch.dtype:
+    """The dtype a safetensors file stores its (first) tensor in."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor(next(iter(f.keys()))).dtype
+
+
 def export_model(vae: VideoVAE, base: str | Path | None, out: str | Path) -> Path:
     """The model folder `base` with `vae` in place of its VAE, written to `out`. Only a VAE whose encoder is the
     base model's own may go in (a decoder-only run): the DiT was trained on that encoder's latents, whose
@@ -350,8 +358,11 @@ def export_model(vae: VideoVAE, base: str | Path | None, out: str | Path) -> Pat
     new = VideoVAE(cfg)
     new.load_state_dict(vae.state_dict())
     spec = json.loads((folder / "model.json").read_text())
-    extra = {k: v for k, v in spec.items() if k not in ("format", "name", "text_encoder", "vae", "dit", "defaults")}
-    path = save_model(out, pipe.text_encoder.config, new, pipe.dit, pipe.defaults, pipe.name, extra)
+    extra = {k: v for k, v in spec.items()
+             if k not in ("format", "name", "text_encoder", "vae", "dit", "defaults", "dit_2", "boundary")}
+    experts = {"dit_2": pipe.dit_2, "boundary": pipe.boundary} if "dit_2" in spec else {}
+    path = save_model(out, pipe.text_encoder.config, new, pipe.dit, pipe.defaults, pipe.name, extra, **experts,
+                      dit_dtype=stored_dtype(folder / "dit.safetensors"))
     log.info("wrote %s (%s with the new VAE)", path, base)
     return path
 

@@ -131,6 +131,26 @@ def test_a_decoder_only_run_exports_the_base_model_with_the_new_vae(tmp_path, ti
         train_vae.train(args)
 
 
+def test_exporting_a_two_expert_model_keeps_both_experts_and_their_storage(tmp_path, tiny_model_dir):
+    """A decoder-only VAE put into a two-expert model (the shipped default is one, its DiTs stored in float16)
+    keeps the low-noise expert, the boundary and the DiTs' dtype."""
+    from safetensors import safe_open
+
+    from kinema.pipelines.loading import save_model
+    from tests.conftest import tiny_dit
+
+    base = kinema.load_pipeline(tiny_model_dir)
+    two = save_model(tmp_path / "two", base.text_encoder.config, base.vae, base.dit, base.defaults, "two",
+                     dit_2=tiny_dit(seed=1), boundary=0.4, dit_dtype=torch.float16)
+    vae = train_vae.with_refine_head(base.vae, 0)
+    out = kinema.load_pipeline(train_vae.export_model(vae, two, tmp_path / "out"))
+    ref = kinema.load_pipeline(two)
+    assert out.boundary == 0.4 and all(torch.equal(v, out.dit_2.state_dict()[k]) for k, v in ref.dit_2.state_dict().items())
+    for name in ("dit.safetensors", "dit_2.safetensors"):
+        with safe_open(str(tmp_path / "out" / name), framework="pt") as f:
+            assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+
+
 def test_t_range_limits_the_training_times(tmp_path):
     import json
 
