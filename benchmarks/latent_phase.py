@@ -65,8 +65,8 @@ def measure(pipe, seeds: int, generated: bool, settings: dict) -> dict[str, list
     from kinema.pipelines.extend import extend_video
     from kinema.video.io import Video
 
-    rows = {"real clips": [], "VAE reconstructions": [], "generated extensions": [], "lag": []}
-    acc = {k: {r: [] for r in PHASES} for k in rows}
+    names = ("real clips", "VAE reconstructions", "generated extensions", "lag")
+    acc = {name: {r: [] for r in PHASES} for name in names}
     for k in range(seeds):
         for i, (prompt, scene) in enumerate(load_prompts("kinema/eval/prompts/extend.txt")):
             seed = 1000 * k + i
