@@ -478,7 +478,13 @@ def save_run(out: Path, step: int, state: dict, args, d: parallel.Dist, hooks: T
 
 
 def train(args: argparse.Namespace, hooks: TrainHooks | None = None) -> Path:
-    hooks, d = hooks or TrainHooks(), parallel.init(args.device, args.precision, args.fsdp)
+    d = parallel.init(args.device, args.precision, args.fsdp)
+    ckpt_path = _train(args, hooks or TrainHooks(), d)
+    parallel.finish(d)  # only once the run's (sharded) model is gone: see `finish`
+    return ckpt_path
+
+
+def _train(args: argparse.Namespace, hooks: TrainHooks, d: parallel.Dist) -> Path:
     check_args(args, d)
     out, np_rng = Path(args.out), start_run(args)
     source, vae, text_cfg = build_source(args, out, d)
@@ -513,7 +519,6 @@ def train(args: argparse.Namespace, hooks: TrainHooks | None = None) -> Path:
             _sample(out, step, state, args, d, source)
     run.summary(step, "finished", **run_info(args, d, dit, source))
     run.close()
-    parallel.finish(d)
     return ckpt_path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -170,7 +171,11 @@ def gather_objects(obj, d: Dist) -> list:
 
 
 def finish(d: Dist) -> None:
+    """Leave the process group. Call it after the run's modules are dropped: FSDP2's sharded parameters hold the
+    group, and a gloo group that outlives `destroy_process_group` is torn down with the interpreter, where its
+    threads abort the process now and then (`terminate called without an active exception`, exit -6)."""
     if d.world > 1 and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 
