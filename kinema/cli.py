@@ -103,7 +103,7 @@ post-processing, always in this order: contrast, brightness, saturation, tempera
 interpolate. Upscaled frames are limited to 4096 px per side."""
 
 GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "sampler", "schedule", "negative_prompt",
-             "seed", "fps")
+             "seed", "fps", "refine")
 DTYPES = ("float32", "bfloat16", "float16")
 POST_FLAGS = ("contrast", "brightness", "saturation", "temperature", "lut", "sharpen", "sharpen_radius", "upscale",
               "upscale_method", "interpolate")
@@ -130,6 +130,9 @@ def add_generate(sub) -> None:
     p.add_argument("--schedule", choices=["uniform", "diffusers", "wan"],
                    help="time grid: uniform, or diffusers' / the original Wan's UniPC grid (default: the model's)")
     p.add_argument("--negative-prompt")
+    p.add_argument("--refine", type=_number, metavar="T",
+                   help="causal models: stream the clip, re-noise it to time T (e.g. 0.5) and sample it whole from "
+                        "there (default: the model's; 0 = sample it whole from noise)")
     p.add_argument("--seed", type=_seed, help="default 0")
     p.add_argument("--fps", type=_number, help="frame rate of the generated clip (x2 with --interpolate)")
     p.add_argument("--save-latents", help="write the sampled latents here (.safetensors) before decoding")
@@ -468,6 +471,8 @@ def add_eval(sub) -> None:
     p.add_argument("--seeds", type=_positive_int, default=2, help="seeds per prompt")
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
+    p.add_argument("--refine", type=_number, metavar="T",
+                   help="causal models: stream each clip, re-noise it to time T and sample it whole from there")
     p.add_argument("--batch", type=_positive_int, default=16)
     p.add_argument("--device", default="auto")
     mode = p.add_mutually_exclusive_group()

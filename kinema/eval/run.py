@@ -207,13 +207,15 @@ def run_eval(args) -> tuple[dict, str]:
     loras = [(str(path), float(strength)) for path, strength in getattr(args, "lora", None) or []]
     for path, strength in loras:
         pipe.load_lora(path, strength)
-    settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance),
+                                  ("refine", getattr(args, "refine", None))) if v is not None}
     s = pipe.settings(**settings)
     texts, scenes = [p for p, _ in prompts], [sc for _, sc in prompts]
     extra = judge_colours(scenes, getattr(args, "judge_colours", None) or ())
     result = {"model": str(args.model), "mode": mode, "settings": s.to_dict(), "seeds": args.seeds, "lora": loras}
     with_lora = "".join(f" + LoRA {Path(path).name}:{strength:g}" for path, strength in loras)
-    title = f"{mode} ({args.model}{with_lora}, {s.steps} steps, guidance {s.guidance})"
+    title = f"{mode} ({args.model}{with_lora}, {s.steps} steps, guidance {s.guidance}" \
+            f"{f', refine {s.refine:g}' if s.refine else ''})"
     if getattr(args, "stream", False):
         if mode != "text-to-video":
             raise ValueError("--stream evaluates text-to-video only")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from kinema.dit.model import DiT
+from kinema.flow.convention import add_noise
 from kinema.flow.guidance import guided_velocity, with_given_frames
 from kinema.flow.samplers import SAMPLERS, quantised_timesteps
 from kinema.flow.schedule import diffusers_flow_times, sampling_times, wan_flow_times
@@ -42,12 +43,16 @@ class GenerationSettings:
     seed: int = 0
     schedule: str = "uniform"     # time grid: a key of SCHEDULES ("diffusers" / "wan": those UniPC grids, and the
                                   # network fed int(t * 1000) / 1000 as they feed it)
+    refine: float = 0.0           # causal DiTs: > 0 streams the clip (latent frame by latent frame on a clean past),
+                                  # re-noises it to the grid's first time <= refine and samples it whole from there;
+                                  # 0: the clip is sampled whole from noise
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 SCHEDULES = ("uniform", "diffusers", "wan")
+REFINE_SEED = 7_919  # the re-noising of --refine draws from seed + this (not the streamed clip's own noise)
 
 
 def schedule_times(schedule: str, steps: int, shift: float) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -56,6 +61,12 @@ def schedule_times(schedule: str, steps: int, shift: float) -> tuple[torch.Tenso
         return sampling_times(steps, shift), None
     grid_fn = {"diffusers": diffusers_flow_times, "wan": wan_flow_times}[schedule]
     return grid_fn(steps, shift, fp32=True), grid_fn(steps, shift)
+
+
+def times_from(s: GenerationSettings, start: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The settings' time grid from its first time <= start on (all of it for start 1), and its quantisation grid."""
+    times, grid = schedule_times(s.schedule, s.steps, s.shift)
+    return times[int((times > start).sum()):], grid
 
 
 def _attending(dit, slot):
@@ -83,6 +94,10 @@ class TextToVideoPipeline:
             raise ValueError(f"unknown schedule {s.schedule!r}; choose from {list(SCHEDULES)}")
         if not 0 < s.fps <= 240 or s.guidance < 0 or s.shift <= 0:
             raise ValueError("fps must be in (0, 240], guidance >= 0 and shift > 0")
+        if not 0 <= s.refine < 1:
+            raise ValueError(f"refine must be in [0, 1), got {s.refine}")
+        if s.refine and self.dit.config.attention != "causal":
+            raise ValueError("refine streams the clip first: it needs a causal model (attention='causal')")
         return s
 
     def latent_shape(self, s: GenerationSettings) -> tuple[int, int, int, int]:
@@ -129,9 +144,10 @@ class TextToVideoPipeline:
         return clean, given
 
     def denoise(self, noise, text, negative, s: GenerationSettings, callback=None, keyframes=None,
-                kv_cache=None) -> torch.Tensor:
+                kv_cache=None, start: float = 1.0) -> torch.Tensor:
         """Sample latents from noise; keyframes = (clean, given) holds some latent frames fixed.
-        `kv_cache` (a causal model's `KVCache`s, one per expert): noise is the next chunk of a streamed video."""
+        `kv_cache` (a causal model's `KVCache`s, one per expert): noise is the next chunk of a streamed video.
+        `start` < 1: `noise` is a noisy sample at the grid's first time <= start, sampled from there."""
         dits = [self._dit_in(noise.dtype, dit) for dit in self.experts]
         if kv_cache is not None:
             dits = [_attending(dit, cache.next_slot) for dit, cache in zip(dits, kv_cache, strict=True)]
@@ -143,15 +159,30 @@ class TextToVideoPipeline:
             # inside the expert switch, which then picks the expert by the step's time, not the tokens' times
             models = [with_given_frames(model, clean, given, tokens) for model in models]
             noise = torch.where(given[:, None, :, None, None], clean, noise)
-        return self.sample(self.switch(models), noise, s, callback)
+        return self.sample(self.switch(models), noise, s, callback, start)
 
     @staticmethod
-    def sample(model, noise: torch.Tensor, s: GenerationSettings, callback=None) -> torch.Tensor:
-        """Run the settings' sampler on velocity function `model` from `noise`, on the settings' time grid."""
-        times, grid = schedule_times(s.schedule, s.steps, s.shift)
+    def sample(model, noise: torch.Tensor, s: GenerationSettings, callback=None, start: float = 1.0) -> torch.Tensor:
+        """Run the settings' sampler on velocity function `model` from `noise`, on the settings' time grid (from its
+        first time <= start)."""
+        times, grid = times_from(s, start)
         if grid is not None:  # outermost, so that it sees the sampler's (B,) times
             model = quantised_timesteps(model, grid)
         return SAMPLERS[s.sampler](model, noise, times, callback)
+
+    def stream_then_refine(self, prompts: list[str], seeds: list[int], image, text, negative,
+                           s: GenerationSettings, callback=None, keyframes=None) -> torch.Tensor:
+        """`--refine`: the clip streamed (each latent frame on the clean past before it, as `--stream` samples),
+        re-noised to t0, the grid's first time <= s.refine (x_t0 = (1 - t0) x0 + t0 eps, fresh noise), and sampled
+        whole from t0 down. Streaming places the motion (a causal model sampled whole may turn a bounce anywhere,
+        docs/models/shapes.md), the whole pass the details."""
+        from kinema.pipelines.stream import stream_latents
+
+        streamed = torch.cat(list(stream_latents(self, prompts, seeds, image, **s.to_dict())), dim=2)
+        t0 = times_from(s, s.refine)[0][0]
+        noise = self.initial_noise(s, [seed + REFINE_SEED for seed in seeds])
+        x = add_noise(streamed, noise, t0.expand(len(seeds)).to(noise))
+        return self.denoise(x, text, negative, s, callback, keyframes, start=s.refine)
 
     @property
     def experts(self) -> list[DiT]:
@@ -215,7 +246,12 @@ class TextToVideoPipeline:
         text, neg = self.encode_prompts(prompts, s.negative_prompt)
         timings["text"], t0 = time.perf_counter() - t0, time.perf_counter()
         keyframes = self.encode_keyframes(s, len(prompts), image, last_image)
-        latents = self.denoise(self.initial_noise(s, seeds), text, neg, s, callback, keyframes)
+        if s.refine and last_image is not None:
+            raise ValueError("refine streams the clip first, so it cannot hold a last frame: use refine 0")
+        if s.refine:
+            latents = self.stream_then_refine(prompts, seeds, image, text, neg, s, callback, keyframes)
+        else:
+            latents = self.denoise(self.initial_noise(s, seeds), text, neg, s, callback, keyframes)
         timings["denoise"], t0 = time.perf_counter() - t0, time.perf_counter()
         if save_latents:  # before decoding: a decode that fails can be retried with `kinema decode`
             from kinema.pipelines.latents import save_latents as _save
