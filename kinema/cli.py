@@ -326,6 +326,8 @@ def cmd_generate(args) -> int:
                "last_image": run["last_image"], "dtype": run["dtype"], "lora": run["lora"],
                "kinema_version": kinema.__version__}
     if args.stream:
+        if s.refine:
+            raise UsageError("--refine re-samples a whole clip; it does not apply to --stream")
         video = generate_streamed(pipe, run, s, args, post, lut, images, sidecar)
         print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
         return 0

@@ -47,6 +47,7 @@ def test_stream_equals_the_joint_video_when_the_model_is_causal(causal_model_dir
 @pytest.mark.parametrize("args, needle", [
     (["-o", "x.gif"], "writes an .mp4"),
     (["--interpolate"], "cannot interpolate"),
+    (["--refine", "0.5"], "does not apply to --stream"),
 ])
 def test_stream_refusals_are_one_line(causal_model_dir, tmp_path, capsys, args, needle):
     argv = ["generate", "a red circle", "--model", str(causal_model_dir), "--stream", "--steps", "1"]
@@ -72,3 +73,13 @@ def test_eval_streams_a_causal_model(causal_model_dir, tmp_path, capsys):
     assert code == 0 and "streamed" in out and "| seen | 2 |" in out
     code = main(["eval", "--model", str(causal_model_dir), "--image", "--seeds", "1", "--steps", "1", "--stream"])
     assert code == 2 and "text-to-video only" in capsys.readouterr().err
+
+
+def test_generate_refines_a_causal_model_and_records_it(causal_model_dir, tmp_path, capsys):
+    out = tmp_path / "r.mp4"
+    assert main(["generate", "a red circle", "--model", str(causal_model_dir), "--refine", "0.5", "--steps", "4",
+                 "--quiet", "-o", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["refine"] == 0.5
+    code = main(["generate", "a red circle", "--model", str(causal_model_dir), "--refine", "2", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "refine must be in [0, 1)" in err and "Traceback" not in err

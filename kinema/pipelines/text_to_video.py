@@ -242,12 +242,12 @@ class TextToVideoPipeline:
         seeds = list(seeds) if seeds is not None else [s.seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        if s.refine and last_image is not None:
+            raise ValueError("refine streams the clip first, so it cannot hold a last frame: use refine 0")
         timings, t0 = {}, time.perf_counter()
         text, neg = self.encode_prompts(prompts, s.negative_prompt)
         timings["text"], t0 = time.perf_counter() - t0, time.perf_counter()
         keyframes = self.encode_keyframes(s, len(prompts), image, last_image)
-        if s.refine and last_image is not None:
-            raise ValueError("refine streams the clip first, so it cannot hold a last frame: use refine 0")
         if s.refine:
             latents = self.stream_then_refine(prompts, seeds, image, text, neg, s, callback, keyframes)
         else:
