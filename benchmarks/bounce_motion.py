@@ -11,6 +11,12 @@ the centre's distance to the nearer side less half the object's size (0: touchin
 129-frame check allows 3.84 px). Speed jitter is the coefficient of variation of |dx| between consecutive frames, per
 clip (median over clips).
 
+Continuation speed (`--speed-clips` > 0): 25-frame rendered bounces of the same prompts (clip k: prompt k mod 9,
+seed 9000 + k; clips that turn in frames 9-24 are skipped), their first 17 frames encoded as the clean past of a
+stream (as `kinema extend` continues a video) and two more latent frames (8 frames) streamed, two seeds each. The
+continuation's speed (a line fitted to the judged centres of frames 17-24) over the clip's own (frames 9-24): how
+well the model reads the speed of the past, which the spec draws per clip (35-55 % of the side per 17 frames).
+
 Extension (`--extend-seeds` > 0): `kinema eval --extend`'s measurement (17 -> 65 frames, seams at 17/29/41/53,
 `kinema.eval.extension`) of extensions of input clips that are rendered, jointly sampled (the eval's own inputs) or
 streamed, seeds 1000 s + i as the eval draws them.
@@ -69,6 +75,41 @@ def turn_table(pipe, prompts: list, clips: int) -> str:
     return "\n".join(lines)
 
 
+def continuation_speeds(pipe, prompts: list, clips: int, seeds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(true speed, continued speed) in px/frame, one row per streamed continuation (`clips` clips x `seeds`)."""
+    from kinema.data.shapes import render_clip
+    from kinema.eval.judge import judge_clip
+    from kinema.pipelines.stream import stream_latents
+    from kinema.video.io import Video
+
+    true, continued, k = [], [], 0
+    while len(true) < clips * seeds:
+        prompt, scene = prompts[k % len(prompts)]
+        frames = render_clip(scene, np.random.default_rng(9000 + k), 25, 64, 64).frames
+        k += 1
+        x = judge_clip(frames).centres[:, 0]
+        if len(np.unique(np.sign(np.diff(x[9:])))) > 1:  # a turn in frames 9-24
+            continue
+        speed = np.polyfit(np.arange(16), x[9:], 1)[0]                                # signed, px/frame
+        past = pipe.vae.encode(Video(frames).to_tensor().to(pipe.device))[:, :, :5]    # frames 0-16
+        for seed in range(seeds):
+            new = torch.cat(list(stream_latents(pipe, [prompt], [seed], context=past, frames=25, window=4)), dim=2)
+            video = Video.from_tensor(pipe.decode(torch.cat([past, new], dim=2))[0]).frames
+            true.append(abs(speed))
+            continued.append(np.polyfit(np.arange(8), judge_clip(video).centres[17:, 0], 1)[0] * np.sign(speed))
+    return np.array(true), np.array(continued)
+
+
+def speed_table(pipe, prompts: list, clips: int) -> str:
+    true, continued = continuation_speeds(pipe, prompts, clips)
+    err = np.abs(continued / true - 1)
+    slope = np.polyfit(true, continued, 1)[0]
+    return ("| continuations | true speed (px/frame) | continued / true, mean | \\|error\\| mean | 90th pct | "
+            "correlation | slope of continued on true |\n|---|---|---|---|---|---|---|\n"
+            f"| {len(true)} | {true.min():.2f}-{true.max():.2f} | {np.mean(continued / true):.3f} | {err.mean():.1%} | "
+            f"{np.percentile(err, 90):.1%} | {np.corrcoef(true, continued)[0, 1]:.2f} | {slope:.2f} |")
+
+
 def extension_table(pipe, prompts: list, seeds: int) -> str:
     from kinema.eval.extension import SEED_OFFSET, measure_extension, summarise_extension, window_starts
     from kinema.pipelines.extend import extend_video
@@ -95,6 +136,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="shapes")
     p.add_argument("--clips", type=int, default=90, help="17-frame clips per source for the turn table")
+    p.add_argument("--speed-clips", type=int, default=0, help="rendered clips for the continuation-speed table")
     p.add_argument("--extend-seeds", type=int, default=0, help="seeds per prompt for the extension table (0: skip)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -105,7 +147,11 @@ def main() -> None:
     pipe = kinema.load_pipeline(args.model)
     prompts = load_prompts("kinema/eval/prompts/extend.txt")
     with torch.no_grad():
-        print(f"Bounce turns of 17-frame clips, model {args.model}\n\n{turn_table(pipe, prompts, args.clips)}\n")
+        if args.clips:
+            print(f"Bounce turns of 17-frame clips, model {args.model}\n\n{turn_table(pipe, prompts, args.clips)}\n")
+        if args.speed_clips:
+            print(f"Continued speed of rendered bounces, model {args.model}\n\n"
+                  f"{speed_table(pipe, prompts, args.speed_clips)}\n")
         if args.extend_seeds:
             print(f"Extensions to 65 frames by input clip, {args.extend_seeds} seeds\n\n"
                   f"{extension_table(pipe, prompts, args.extend_seeds)}")
