@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -19,9 +21,9 @@ def tiny_vae(seed: int = 0) -> VideoVAE:
     return VideoVAE(VAE_PRESETS["tiny"]).eval()
 
 
-def tiny_dit(seed: int = 0) -> DiT:
+def tiny_dit(seed: int = 0, **overrides) -> DiT:
     torch.manual_seed(seed)
-    dit = DiT(DIT_PRESETS["tiny"]).eval()
+    dit = DiT(replace(DIT_PRESETS["tiny"], **overrides)).eval()
     for p in dit.parameters():  # Wan's init zeroes the output layer; random weights make outputs informative
         p.data.normal_(0, 0.1)
     return dit

@@ -153,6 +153,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix-frac", type=float, default=0.0,
                    help="fraction of samples holding a clean prefix of latent frames (causal streaming); windows "
                         "that do not start at frame 0 always hold one")
+    p.add_argument("--prefix-next", action="store_true",
+                   help="on samples holding a clean prefix, score only the first frame after it: the condition a "
+                        "causal model streams in (clean past, one noisy latent frame)")
     p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
     p.add_argument("--shapes-colours", type=lambda s: tuple(c for c in s.split(",") if c),
                    help="colours of the pool's clips, comma-separated (default: the vocabulary; extra: pink)")
@@ -255,22 +258,30 @@ def crop_windows(x0: torch.Tensor, window: int, g: torch.Generator,
     return torch.stack([x[:, i] for x, i in zip(x0, index)]), starts
 
 
-def clean_prefix(given: torch.Tensor, starts: torch.Tensor | None, frac: float, g: torch.Generator) -> torch.Tensor:
+def clean_prefix(given: torch.Tensor, starts: torch.Tensor | None, frac: float, g: torch.Generator,
+                 next_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold the first 1..T'-1 latent frames clean on a fraction of samples, and on every window that starts inside
-    a clip (its first frame is a continuation, never an image latent), as a streamed causal model sees its past."""
+    a clip (its first frame is a continuation, never an image latent), as a streamed causal model sees its past.
+    Returns (given, scored): the frames the loss scores are the noisy ones, or with `next_only` on those samples
+    only the first frame after the prefix (a streamed chunk of one latent frame: clean past, one noisy frame)."""
     b, frames = given.shape
     pick = torch.rand(b, generator=g) < frac
     if starts is not None:
         pick |= starts > 0
     lengths = torch.randint(1, max(frames, 2), (b,), generator=g)
-    prefix = torch.arange(frames)[None, :] < lengths[:, None]                         # (B, T')
-    return torch.where(pick[:, None], prefix, given)
+    index = torch.arange(frames)[None, :]                                             # (1, T')
+    prefix = index < lengths[:, None]                                                 # (B, T')
+    given = torch.where(pick[:, None], prefix, given)
+    scored = ~given
+    if next_only:
+        scored = torch.where(pick[:, None], index == lengths[:, None], scored)
+    return given, scored
 
 
 def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None,
-              decoded: DecodedLoss | None = None) -> torch.Tensor:
-    """Per-sample flow-matching MSE (B,) over the frames that are not given (plus, with `decoded`, the pixel loss
-    of the predicted clean latents through the VAE decoder).
+              decoded: DecodedLoss | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample flow-matching MSE (B,) over the frames that are not given, or those `scored` (B, T') marks (plus,
+    with `decoded`, the pixel loss of the predicted clean latents through the VAE decoder).
 
     t (B,) is the time of the generated frames; given (B, T') marks clean frames whose tokens get t = 0.
     """
@@ -283,7 +294,7 @@ def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None,
     t_tokens = t_frame.repeat_interleave((h // ph) * (w // pw), dim=1)               # (B, L), frame-major
     v = dit(x_t, t_tokens * TIMESTEP_SCALE, text)
     err = (v - velocity_target(x0, noise)).square().mean(dim=(1, 3, 4))              # (B, T')
-    keep = (~given).float()
+    keep = (~given if scored is None else scored & ~given).float()
     loss = (err * keep).sum(1) / keep.sum(1).clamp(min=1)
     if decoded is not None:
         loss = loss + decoded.weight * decoded(x0, x_t, v, t_frame, t)
@@ -400,7 +411,7 @@ def init_weights(dit: DiT, folder: Path) -> None:
 
 
 def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
-    """This rank's share of the step's global batch: (x0, text, t, noise, given), on the training device.
+    """This rank's share of the step's global batch: (x0, text, t, noise, given, scored), on the training device.
 
     Every random draw is made for the whole global batch, in the same order on every rank, and sliced, so the
     step's data and noise do not depend on the number of processes."""
@@ -416,24 +427,25 @@ def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
         x0, _ = crop_windows(x0, args.window, g, crop[part])
         starts = crop if starts is None else starts + crop
     given = given_frames(args.batch, x0.shape[2], args.cond_frac, g)
+    scored = ~given
     if args.prefix_frac or starts is not None:
-        given = clean_prefix(given, starts, args.prefix_frac, g)
+        given, scored = clean_prefix(given, starts, args.prefix_frac, g, args.prefix_next)
     noise = torch.randn((args.batch, *x0.shape[1:]), generator=g)
-    return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part])]
+    return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part], scored[part])]
 
 
 def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, step: int,
                decoded: DecodedLoss | None = None):
     """One optimizer step over `--grad-accum` micro-batches; returns the global batch's per-sample losses and
     times (gathered from every rank) and the gradient norm."""
-    x0, text, t, noise, given = batch
+    x0, text, t, noise, given, scored = batch
     n, micro = x0.shape[0], x0.shape[0] // args.grad_accum
     losses = []
     for k in range(args.grad_accum):
         part = slice(k * micro, (k + 1) * micro)
         with parallel.no_sync(model, last=k == args.grad_accum - 1):
             with parallel.autocast(d):
-                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part], decoded)
+                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part], decoded, scored[part])
             (loss.float().sum() / n).backward()
         losses.append(loss.detach().float())
     gnorm = apply_gradients(dit, opt, ema, step)

@@ -30,13 +30,27 @@ def test_windows_are_consecutive_frames_of_the_clip():
 def test_clean_prefixes_cover_every_window_that_starts_inside_a_clip():
     g = torch.Generator().manual_seed(0)
     starts = torch.tensor([0, 2, 0, 1] * 500)
-    given = train_dit.clean_prefix(torch.zeros(2000, 5, dtype=torch.bool), starts, 0.5, g)
+    given, scored = train_dit.clean_prefix(torch.zeros(2000, 5, dtype=torch.bool), starts, 0.5, g)
+    assert (scored == ~given).all()  # every noisy frame is scored unless asked otherwise
     held = given.any(1)
     assert held[starts > 0].all()
     assert abs(held[starts == 0].float().mean() - 0.5) < 0.05
     lengths = given.sum(1)[held]
     assert lengths.min() == 1 and lengths.max() == 4  # never the whole window
     assert (given == (torch.arange(5)[None] < given.sum(1, keepdim=True))).all()  # a prefix, not any set
+
+
+def test_next_only_scores_the_first_frame_after_the_prefix_and_leaves_other_samples_alone():
+    g = torch.Generator().manual_seed(1)
+    first = torch.zeros(1000, 5, dtype=torch.bool)
+    first[:, 0] = True  # image-to-video samples: every noisy frame scored unless a prefix replaces the condition
+    given, scored = train_dit.clean_prefix(first, None, 0.5, g, next_only=True)
+    lengths = given.sum(1)
+    picked = scored.sum(1) == 1
+    assert 0.4 < picked.float().mean() < 0.6
+    assert (scored[picked].float().argmax(1) == lengths[picked]).all()  # the frame right after the prefix
+    assert (scored[~picked] == ~given[~picked]).all()
+    assert not (scored & given).any()
 
 
 def test_a_causal_model_trains_on_windows_and_streams(tmp_path):

@@ -56,6 +56,7 @@ def test_given_frames_are_clean_and_not_in_the_loss():
     from tests.conftest import tiny_dit
 
     dit, g = tiny_dit(), torch.Generator().manual_seed(0)
+    dit_causal = tiny_dit(attention="causal")
     x0, text = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 5, 384, generator=g)
     t, noise = torch.tensor([0.7, 0.4]), torch.randn(2, 4, 3, 4, 4, generator=g)
     given = torch.tensor([[True, False, False], [True, False, True]])
@@ -67,6 +68,14 @@ def test_given_frames_are_clean_and_not_in_the_loss():
         c = train_dit.flow_loss(dit, x0, text, t, other)  # nothing given: the noise matters
     torch.testing.assert_close(a, b)
     assert (a - c).abs().min() > 1e-4
+    scored = torch.tensor([[False, True, False], [False, True, False]])
+    other[:, :, 2] = 3.0  # frame 2 is noisy but not scored; causal attention keeps frame 1 from seeing it
+    with torch.no_grad():
+        d = train_dit.flow_loss(dit_causal, x0, text, t, noise, given, scored=scored)
+        e = train_dit.flow_loss(dit_causal, x0, text, t, other, given, scored=scored)
+        f = train_dit.flow_loss(dit_causal, x0, text, t, other, given)
+    torch.testing.assert_close(d, e)
+    assert (e - f)[0].abs() > 1e-4  # sample 0 scores its noisy frame 2 only without `scored`
     frac = train_dit.given_frames(4000, 5, 0.35, g).any(1).float().mean()
     assert abs(frac - 0.35) < 0.03
 
