@@ -224,7 +224,8 @@ def report(results: dict, plots: list[str], notes: str = "") -> str:
 
     lines = ["# Temporal consistency: full, factorised and causal attention", "", PREFACE,
              "Produced by " + " then ".join(f"`{c}`" for c in results["commands"])
-             + f" ({results['date']}, 1 thread per process).", "",
+             + f" ({results['date']}" + (f"; the 129-frame bounces {results['long_date']}" if results.get("long_date") else "")
+             + ", 1 thread per process).", "",
              "## Prompt adherence and temporal consistency (canonical prompts, seen split)", "",
              "| mode | params | steps | train wall (min) | step time (s) | " + " | ".join(ATTRIBUTES) + " | all | "
              + " | ".join(CONSISTENCY) + " |", "|" + "---|" * (6 + len(ATTRIBUTES) + len(CONSISTENCY))]
@@ -290,6 +291,7 @@ def main(argv=None) -> int:
         print(mode, json.dumps(results["modes"][mode]["lengths"]), flush=True)
     if args.stream_model:
         results["long"] = long_bounces(args.stream_model, 129, args.steps, args.window, args.bounce_seeds)
+        results["long_date"] = time.strftime("%Y-%m-%d")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
     command = "python benchmarks/temporal.py " + " ".join(sys.argv[1:] if argv is None else argv)
