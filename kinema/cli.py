@@ -103,7 +103,7 @@ post-processing, always in this order: contrast, brightness, saturation, tempera
 interpolate. Upscaled frames are limited to 4096 px per side."""
 
 GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "sampler", "schedule", "negative_prompt",
-             "seed", "fps", "refine")
+             "seed", "fps", "refine", "context_noise", "context_noise_2")
 DTYPES = ("float32", "bfloat16", "float16")
 POST_FLAGS = ("contrast", "brightness", "saturation", "temperature", "lut", "sharpen", "sharpen_radius", "upscale",
               "upscale_method", "interpolate")
@@ -152,6 +152,11 @@ def add_generate(sub) -> None:
     p.add_argument("--window", type=_positive_int, default=4,
                    help="--stream: past latent frames each chunk attends to (default 4)")
     p.add_argument("--chunk", type=_positive_int, default=1, help="--stream: latent frames per chunk (default 1)")
+    p.add_argument("--context-noise", type=_number, metavar="T",
+                   help="--stream: the past each chunk attends to noised to time T, for models trained with noised "
+                        "conditions (default: the model's; 0 = clean)")
+    p.add_argument("--context-noise-2", type=_number, metavar="T",
+                   help="--stream, two-expert models: the low-noise expert's context noise (default: the model's)")
     p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
                    help="--stream: histogram-match every frame after the model's own length to those first frames, "
                         "against colour drift in long videos (default 1; 0: off)")

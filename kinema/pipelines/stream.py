@@ -8,6 +8,10 @@ past chunks through a `KVCache` (see `kinema/dit/cache.py` for the two kinds of 
 causal VAE decodes it with a `CausalCache` that carries over between chunks. A window of W latent frames bounds the
 past each chunk sees, so cost and memory per chunk stay constant however long the video.
 
+A model trained with noised conditions (`kinema train --given-noise`) can take its past noised (`context_noise`):
+each finished chunk enters the cache noised to that time, so small errors in it are not copied into every later
+chunk (GameNGen's noise augmentation). The noise is each sample's own (`ContextNoise`), drawn chunk after chunk.
+
 Past the window the model no longer sees the start, and colours drift slowly; `colour_anchored` holds them: the
 first frames (the model's own length) become the colour reference that every later frame is histogram-matched to.
 """
@@ -22,11 +26,26 @@ import numpy as np
 import torch
 
 from kinema.dit.cache import KVCache
+from kinema.flow.convention import add_noise
 from kinema.vae.causal import CausalCache
 from kinema.video.colour_match import match_sorted, sorted_values
 from kinema.video.io import Video
 
 log = logging.getLogger(__name__)
+CONTEXT_SEED = 104_729  # the streamed past's noise (context_noise) draws from seed + this
+
+
+class ContextNoise:
+    """Noise for the streamed past: one generator per sample (seed + CONTEXT_SEED), drawn chunk after chunk, so a
+    stream is reproducible and a sample's draws do not depend on the others in its batch."""
+
+    def __init__(self, seeds: list[int]):
+        self.generators = [torch.Generator().manual_seed(seed + CONTEXT_SEED) for seed in seeds]
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like `like` (B, ...), on its device and dtype."""
+        return torch.stack([torch.randn(like.shape[1:], generator=g) for g in self.generators]).to(like)
+
 
 
 def chunk_slices(frames: int, chunk: int, start: int = 0) -> list[slice]:
@@ -69,6 +88,9 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
     _, ph, pw = pipe.dit.config.patch_size
     tokens = (noise.shape[3] // ph) * (noise.shape[4] // pw)
     caches = [KVCache(dit.config.num_layers, tokens, window, past) for dit in pipe.experts]  # one per expert
+    if any(pipe.context_times(s)) and not (use_cache and past == "clean"):
+        raise ValueError("context noise applies to a clean past recorded in the KV cache (past='clean', cached)")
+    noises = ContextNoise(seeds)
     done = noise[:, :, :0]
     if context is not None:
         if past != "clean" or image is not None or context.shape[2] >= noise.shape[2]:
@@ -76,7 +98,7 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
         done = context.to(noise)
         if use_cache:
             _start(caches)
-            _record(pipe, done, text, neg, s, caches)
+            _record(pipe, done, text, neg, s, caches, noises)
             _end(caches, done.shape[2])
     for part in chunk_slices(noise.shape[2], chunk, done.shape[2]):
         if not use_cache:
@@ -88,7 +110,7 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
             latents = pipe.denoise(noise[:, :, part], text, neg, s, keyframes=(clean[:, :, part], given[:, part]),
                                    kv_cache=caches)
             if past == "clean":
-                _record(pipe, latents, text, neg, s, caches)
+                _record(pipe, latents, text, neg, s, caches, noises)
             _end(caches, latents.shape[2])
         if not use_cache:  # the cache-free reference recomputes the past from the latents themselves
             done = torch.cat([done, latents], dim=2)
@@ -112,15 +134,18 @@ def _end(caches: list[KVCache], frames: int) -> None:
         cache.end_chunk(frames)
 
 
-def _record(pipe, latents, text, neg, s, caches: list[KVCache]) -> None:
-    """One call of each expert on the finished chunk at time 0, with the same guidance batch as sampling: their
-    keys and values join their caches (a two-expert model's high-noise expert needs its own past too)."""
+def _record(pipe, latents, text, neg, s, caches: list[KVCache], noises: ContextNoise) -> None:
+    """One call of each expert on the finished chunk, at time 0 or noised to its context time, with the same
+    guidance batch as sampling: their keys and values join their caches (a two-expert model's high-noise expert
+    needs its own past too)."""
     dits = [pipe._dit_in(latents.dtype, dit) for dit in pipe.experts]
     recorders = [lambda x, t, c, dit=dit, cache=cache: dit(x, t, c, kv=cache.record_slot())
                  for dit, cache in zip(dits, caches, strict=True)]
-    t0 = torch.zeros(latents.shape[0], dtype=latents.dtype, device=latents.device)
-    for model in pipe.guided_experts(recorders, text, neg, s):
-        model(latents, t0)
+    times = pipe.context_times(s)
+    eps = noises.draw(latents) if any(times) else None
+    for model, tc in zip(pipe.guided_experts(recorders, text, neg, s), times, strict=True):
+        t = torch.full((latents.shape[0],), tc, dtype=latents.dtype, device=latents.device)
+        model(add_noise(latents, eps, t) if tc else latents, t)
 
 
 @torch.no_grad()

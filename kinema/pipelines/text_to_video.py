@@ -46,6 +46,9 @@ class GenerationSettings:
     refine: float = 0.0           # causal DiTs: > 0 streams the clip (latent frame by latent frame on a clean past),
                                   # re-noises it to the grid's first time <= refine and samples it whole from there;
                                   # 0: the clip is sampled whole from noise
+    context_noise: float = 0.0    # causal streaming: the past each chunk attends to is noised to this time (its
+                                  # tokens get it); for models trained with `kinema train --given-noise`; 0: clean
+    context_noise_2: float = -1.0  # two-expert models: the low-noise expert's context noise (< 0: context_noise)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +99,8 @@ class TextToVideoPipeline:
             raise ValueError("fps must be in (0, 240], guidance >= 0 and shift > 0")
         if not 0 <= s.refine < 1:
             raise ValueError(f"refine must be in [0, 1), got {s.refine}")
+        if not 0 <= s.context_noise < 1 or not s.context_noise_2 < 1:
+            raise ValueError(f"context noise must be a time in [0, 1), got {s.context_noise}, {s.context_noise_2}")
         if s.refine and self.dit.config.attention != "causal":
             raise ValueError("refine streams the clip first: it needs a causal model (attention='causal')")
         return s
@@ -192,6 +197,10 @@ class TextToVideoPipeline:
     def guided_experts(self, dits, text, negative, s: GenerationSettings) -> list:
         """Each expert's velocity function (`dits`: one callable per expert) under its classifier-free guidance."""
         return [guided_velocity(dit, text, negative, s.guidance) for dit in dits]
+
+    def context_times(self, s: GenerationSettings) -> list[float]:
+        """Each expert's time for the streamed past it attends to (`context_noise`; 0: clean)."""
+        return [s.context_noise]
 
     def switch(self, models: list):
         """One velocity function from the experts' (two-expert pipelines switch at their boundary)."""

@@ -36,5 +36,8 @@ class TwoExpertPipeline(TextToVideoPipeline):
         g2 = s.guidance if s.guidance_2 < 0 else s.guidance_2
         return [guided_velocity(dit, text, negative, g) for dit, g in zip(dits, (s.guidance, g2), strict=True)]
 
+    def context_times(self, s: GenerationSettings) -> list[float]:
+        return [s.context_noise, s.context_noise if s.context_noise_2 < 0 else s.context_noise_2]
+
     def switch(self, models: list):
         return switch_experts(*models, self.boundary)

@@ -156,6 +156,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prefix-next", action="store_true",
                    help="on samples holding a clean prefix, score only the first frame after it: the condition a "
                         "causal model streams in (clean past, one noisy latent frame)")
+    p.add_argument("--given-noise", type=float, default=0.0, metavar="T",
+                   help="on half the samples with given latent frames, noise them to a time drawn in [0, T] (their "
+                        "tokens get it): a streamed model then takes its past noised (--context-noise) and does "
+                        "not copy its errors (0: given frames always clean)")
     p.add_argument("--pool", type=int, default=16000, help="training clips in the latent pool")
     p.add_argument("--shapes-colours", type=lambda s: tuple(c for c in s.split(",") if c),
                    help="colours of the pool's clips, comma-separated (default: the vocabulary; extra: pink)")
@@ -278,17 +282,28 @@ def clean_prefix(given: torch.Tensor, starts: torch.Tensor | None, frac: float, 
     return given, scored
 
 
+def given_times(batch: int, most: float, g: torch.Generator) -> torch.Tensor:
+    """(B,) time the given frames are noised to: 0 on half the samples, uniform in [0, most] on the others. Noise
+    augmentation of the condition, as GameNGen trains its context frames: a model that continues its own past
+    (streaming) is then given that past slightly noised, and does not copy the small errors it holds."""
+    noised = torch.rand(batch, generator=g) < 0.5
+    return torch.where(noised, most * torch.rand(batch, generator=g), 0.0)
+
+
 def flow_loss(dit: DiT, x0, text, t, noise, given: torch.Tensor | None = None,
-              decoded: DecodedLoss | None = None, scored: torch.Tensor | None = None) -> torch.Tensor:
+              decoded: DecodedLoss | None = None, scored: torch.Tensor | None = None,
+              given_t: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample flow-matching MSE (B,) over the frames that are not given, or those `scored` (B, T') marks (plus,
     with `decoded`, the pixel loss of the predicted clean latents through the VAE decoder).
 
-    t (B,) is the time of the generated frames; given (B, T') marks clean frames whose tokens get t = 0.
+    t (B,) is the time of the generated frames; given (B, T') marks the frames held as condition, clean (time 0)
+    or, with given_t (B,), noised to that time (their tokens get it as their timestep).
     """
     b, _, frames, h, w = x0.shape
     if given is None:
         given = torch.zeros(b, frames, dtype=torch.bool)
-    t_frame = torch.where(given, 0.0, t[:, None])                                    # (B, T')
+    held = torch.zeros_like(t) if given_t is None else given_t
+    t_frame = torch.where(given, held[:, None], t[:, None])                          # (B, T')
     x_t = add_noise(x0, noise, t_frame[:, None, :, None, None])
     _, ph, pw = getattr(dit, "module", dit).config.patch_size  # DDP wraps the DiT in .module
     t_tokens = t_frame.repeat_interleave((h // ph) * (w // pw), dim=1)               # (B, L), frame-major
@@ -411,7 +426,8 @@ def init_weights(dit: DiT, folder: Path) -> None:
 
 
 def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
-    """This rank's share of the step's global batch: (x0, text, t, noise, given, scored), on the training device.
+    """This rank's share of the step's global batch: (x0, text, t, noise, given, scored, given_t), on the training
+    device.
 
     Every random draw is made for the whole global batch, in the same order on every rank, and sliced, so the
     step's data and noise do not depend on the number of processes."""
@@ -431,21 +447,23 @@ def draw_batch(source, g: torch.Generator, args, d: parallel.Dist):
     if args.prefix_frac or starts is not None:
         given, scored = clean_prefix(given, starts, args.prefix_frac, g, args.prefix_next)
     noise = torch.randn((args.batch, *x0.shape[1:]), generator=g)
-    return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part], scored[part])]
+    given_t = given_times(args.batch, args.given_noise, g) if args.given_noise else torch.zeros(args.batch)
+    return [v.to(d.device) for v in (x0, text, t[part], noise[part], given[part], scored[part], given_t[part])]
 
 
 def train_step(model, dit: DiT, opt, ema: EMA, batch, args, d: parallel.Dist, step: int,
                decoded: DecodedLoss | None = None):
     """One optimizer step over `--grad-accum` micro-batches; returns the global batch's per-sample losses and
     times (gathered from every rank) and the gradient norm."""
-    x0, text, t, noise, given, scored = batch
+    x0, text, t, noise, given, scored, given_t = batch
     n, micro = x0.shape[0], x0.shape[0] // args.grad_accum
     losses = []
     for k in range(args.grad_accum):
         part = slice(k * micro, (k + 1) * micro)
         with parallel.no_sync(model, last=k == args.grad_accum - 1):
             with parallel.autocast(d):
-                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part], decoded, scored[part])
+                loss = flow_loss(model, x0[part], text[part], t[part], noise[part], given[part], decoded, scored[part],
+                                 given_t[part])
             (loss.float().sum() / n).backward()
         losses.append(loss.detach().float())
     gnorm = apply_gradients(dit, opt, ema, step)
@@ -458,6 +476,8 @@ def check_args(args, d: parallel.Dist) -> None:
                          f"({d.world} x {args.grad_accum})")
     if args.steps < 1 or args.ckpt_every < 1:
         raise ValueError("--steps and --ckpt-every must be positive")
+    if not 0 <= args.given_noise <= 1:
+        raise ValueError(f"--given-noise must be a time in [0, 1], got {args.given_noise}")
 
 
 def _restore(source, d: parallel.Dist):

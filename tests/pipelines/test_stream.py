@@ -73,6 +73,25 @@ def test_streaming_refuses_what_it_cannot_do(tiny_model_dir, causal_pipe):
     assert chunk_slices(9, 3) == [slice(0, 1), slice(1, 4), slice(4, 7), slice(7, 9)]
 
 
+def test_a_noised_past_changes_later_chunks_only_and_is_each_samples_own(causal_pipe):
+    """context_noise: the cached past is noised (frame 0 has none, so it stays as it was); the noise is drawn from
+    each sample's seed, so a sample streams the same alone or beside another; the cache-free path refuses it."""
+    kw = dict(frames=17, steps=4, seeds=[0])  # times 1, .75 | .5, .25: both experts of a two-expert pipe
+    clean = streamed(causal_pipe, **kw)
+    noised = streamed(causal_pipe, context_noise=0.2, **kw)
+    torch.testing.assert_close(noised[:, :, :1], clean[:, :, :1], atol=0, rtol=0)
+    assert (noised[:, :, 1:] - clean[:, :, 1:]).abs().max() > 1e-3
+    pair = torch.cat(list(stream_latents(causal_pipe, [PROMPT, "a blue square moving up on a white background"],
+                                         seeds=[0, 5], guidance=3.0, frames=17, steps=4, context_noise=0.2)), dim=2)
+    torch.testing.assert_close(pair[:1], noised, atol=1e-5, rtol=0)
+    low_only = streamed(causal_pipe, context_noise_2=0.2, **kw)  # two experts: only the low-noise one's past
+    assert ((low_only - clean).abs().max() > 1e-3) == (len(causal_pipe.experts) == 2)
+    with pytest.raises(ValueError, match="context noise"):
+        next(stream_latents(causal_pipe, [PROMPT], use_cache=False, context_noise=0.2))
+    with pytest.raises(ValueError, match="context noise"):
+        causal_pipe.settings(context_noise=1.0)
+
+
 def test_a_context_continues_a_video_in_latent_space(causal_pipe):
     """Streaming after given latents equals streaming the whole video with those latents as its first chunks."""
     first = streamed(causal_pipe, frames=9, steps=2)                                  # 3 latent frames

@@ -80,6 +80,29 @@ def test_given_frames_are_clean_and_not_in_the_loss():
     assert abs(frac - 0.35) < 0.03
 
 
+def test_noised_given_frames_take_their_noise_and_time():
+    """--given-noise: a given frame at time s is x0 + s (noise - x0) with timestep s, so its noise now matters;
+    at s = 0 it is the clean frame as before. Half the samples stay clean, the others draw s in [0, most]."""
+    from tests.conftest import tiny_dit
+
+    dit, g = tiny_dit(attention="causal"), torch.Generator().manual_seed(1)
+    x0, text = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 5, 384, generator=g)
+    t, noise = torch.tensor([0.7, 0.4]), torch.randn(2, 4, 3, 4, 4, generator=g)
+    given = torch.tensor([[True, False, False], [True, True, False]])
+    other = noise.clone()
+    other[:, :, 0] += 2.0  # other noise on a given frame
+    with torch.no_grad():
+        clean = train_dit.flow_loss(dit, x0, text, t, noise, given)
+        zero = train_dit.flow_loss(dit, x0, text, t, other, given, given_t=torch.zeros(2))
+        a = train_dit.flow_loss(dit, x0, text, t, noise, given, given_t=torch.tensor([0.9, 0.0]))
+        b = train_dit.flow_loss(dit, x0, text, t, other, given, given_t=torch.tensor([0.9, 0.0]))
+    torch.testing.assert_close(zero, clean)
+    torch.testing.assert_close(a[1], clean[1])
+    assert (a[0] - clean[0]).abs() > 1e-4 * clean[0] and (a[0] - b[0]).abs() > 1e-4 * clean[0]
+    s = train_dit.given_times(4000, 0.3, g)
+    assert abs((s == 0).float().mean() - 0.5) < 0.03 and s.max() <= 0.3 and s[s > 0].mean() > 0.13
+
+
 def test_dit_training_can_start_from_a_model_folder(tmp_path):
     """A later run continues from shipped weights: the VAE and the DiT initialisation come from a model folder."""
     vae_ckpt = train_vae.train(_vae_args(tmp_path / "vae", 2))
