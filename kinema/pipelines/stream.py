@@ -71,7 +71,8 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
     """Yields the sampled latents (B, C, n, H', W') chunk by chunk.
 
     `context` (B, C, k, H', W'): normalised latents of a video's first k latent frames to continue (extension):
-    they go into the cache as the clean past, and only the frames after them are sampled.
+    they go into the cache as the clean past (clean even with `context_noise`, which is for the model's own
+    frames), and only the frames after them are sampled.
 
     past="clean": each chunk is sampled with the chunks before it (the last `window` latent frames) held clean,
     through the KV cache; `use_cache=False` recomputes that past in every call instead (same result, slower: the
@@ -98,7 +99,7 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
         done = context.to(noise)
         if use_cache:
             _start(caches)
-            _record(pipe, done, text, neg, s, caches, noises)
+            _record(pipe, done, text, neg, s, caches, None)  # a real video's frames: clean, nothing to forget
             _end(caches, done.shape[2])
     for part in chunk_slices(noise.shape[2], chunk, done.shape[2]):
         if not use_cache:
@@ -134,14 +135,14 @@ def _end(caches: list[KVCache], frames: int) -> None:
         cache.end_chunk(frames)
 
 
-def _record(pipe, latents, text, neg, s, caches: list[KVCache], noises: ContextNoise) -> None:
-    """One call of each expert on the finished chunk, at time 0 or noised to its context time, with the same
-    guidance batch as sampling: their keys and values join their caches (a two-expert model's high-noise expert
+def _record(pipe, latents, text, neg, s, caches: list[KVCache], noises: ContextNoise | None) -> None:
+    """One call of each expert on the finished chunk, at time 0 or noised to its context time (`noises` None:
+    clean, for a given context), with the same guidance batch as sampling: their keys and values join their caches (a two-expert model's high-noise expert
     needs its own past too)."""
     dits = [pipe._dit_in(latents.dtype, dit) for dit in pipe.experts]
     recorders = [lambda x, t, c, dit=dit, cache=cache: dit(x, t, c, kv=cache.record_slot())
                  for dit, cache in zip(dits, caches, strict=True)]
-    times = pipe.context_times(s)
+    times = pipe.context_times(s) if noises is not None else [0.0] * len(caches)
     eps = noises.draw(latents) if any(times) else None
     for model, tc in zip(pipe.guided_experts(recorders, text, neg, s), times, strict=True):
         t = torch.full((latents.shape[0],), tc, dtype=latents.dtype, device=latents.device)

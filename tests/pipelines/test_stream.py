@@ -99,6 +99,10 @@ def test_a_context_continues_a_video_in_latent_space(causal_pipe):
     assert cont.shape[2] == 2
     again = streamed(causal_pipe, frames=17, steps=2, context=first, use_cache=False)
     torch.testing.assert_close(cont, again, atol=1e-4, rtol=0)
+    noised = streamed(causal_pipe, frames=17, steps=4, context=first, context_noise=0.2)
+    plain = streamed(causal_pipe, frames=17, steps=4, context=first)
+    torch.testing.assert_close(noised[:, :, :1], plain[:, :, :1], atol=0, rtol=0)  # a given context stays clean
+    assert (noised[:, :, 1:] - plain[:, :, 1:]).abs().max() > 1e-3                # the model's own frames do not
     with pytest.raises(ValueError, match="context"):
         next(stream_latents(causal_pipe, [PROMPT], frames=9, context=torch.zeros(1, 4, 3, 4, 4)))
 
