@@ -47,7 +47,6 @@ class ContextNoise:
         return torch.stack([torch.randn(like.shape[1:], generator=g) for g in self.generators]).to(like)
 
 
-
 def chunk_slices(frames: int, chunk: int, start: int = 0) -> list[slice]:
     """Latent frame 0 (the image frame) alone, then pieces of `chunk` latent frames; from `start` on."""
     first = [slice(0, 1)] if start == 0 else []
@@ -137,8 +136,8 @@ def _end(caches: list[KVCache], frames: int) -> None:
 
 def _record(pipe, latents, text, neg, s, caches: list[KVCache], noises: ContextNoise | None) -> None:
     """One call of each expert on the finished chunk, at time 0 or noised to its context time (`noises` None:
-    clean, for a given context), with the same guidance batch as sampling: their keys and values join their caches (a two-expert model's high-noise expert
-    needs its own past too)."""
+    clean, for a given context), with the same guidance batch as sampling: their keys and values join their
+    caches (a two-expert model's high-noise expert needs its own past too)."""
     dits = [pipe._dit_in(latents.dtype, dit) for dit in pipe.experts]
     recorders = [lambda x, t, c, dit=dit, cache=cache: dit(x, t, c, kv=cache.record_slot())
                  for dit, cache in zip(dits, caches, strict=True)]
