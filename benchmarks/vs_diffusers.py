@@ -3,10 +3,12 @@
     python benchmarks/vs_diffusers.py [--repeats 10] [--threads 2] [--device cpu|cuda] [--dtype float32|bfloat16]
     python benchmarks/vs_diffusers.py --device cuda --dtype bfloat16 --wan13b   # Wan2.1-1.3B size, 480x832x81
     python benchmarks/vs_diffusers.py --compile     # both models through torch.compile (inductor, frozen weights)
+    python benchmarks/vs_diffusers.py --no-onednn   # kinema's linear layers through F.linear, as diffusers' are
 
 Runs alternate (kinema, diffusers, kinema, ...) after a warm-up; each row reports the median time, the time ratio
 kinema / diffusers, the max relative difference of the outputs, peak memory (CUDA) and the achieved GFLOP/s of
-each against a measured matmul peak.
+each against two measured matmul peaks: `torch.mm` (the BLAS that `F.linear` calls, MKL in CPU wheels) and
+oneDNN's (`kinema.dit.linear`, which kinema's CPU fp32 inference uses).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import torch
 
 from kinema.convert.wan import convert_diffusers_dit
+from kinema.dit import linear
 from kinema.dit.model import DiT, DiTConfig
 
 CONFIGS = {
@@ -37,15 +40,17 @@ def dit_flops(heads, head_dim, layers, ffn, text_len, tokens) -> float:
     return 2.0 * layers * (per_block + 2 * attn)
 
 
-def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048) -> float:
+def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, onednn: bool = False) -> float:
+    """GFLOP/s of an n x n x n product: `torch.mm`, or (CPU fp32) oneDNN's linear op."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    product = (lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [None], "")) if onednn else (lambda: a @ b)
     for _ in range(2):
-        a @ b
+        product()
     best = float("inf")
     for _ in range(5):
         _sync(device)
         t0 = time.perf_counter()
-        a @ b
+        product()
         _sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
@@ -113,7 +118,7 @@ def bench(name, spec, args, peak) -> str:
     mem = " | ".join(f"{peaks[k]:.0f}" if k in peaks else "-" for k in runs)
     return (f"| {name} | {med['kinema'] * 1e3:.1f} | {med['diffusers'] * 1e3:.1f} | "
             f"{med['kinema'] / med['diffusers']:.2f} | {rel:.1e} | {gf['kinema']:.0f} | {gf['diffusers']:.0f} | "
-            f"{peak:.0f} | {mem} |")
+            f"{peak} | {mem} |")
 
 
 def main() -> None:
@@ -125,6 +130,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=24,
                    help="real (non-padding) text rows of the 512 the DiT gets; 512 = no padding")
     p.add_argument("--wan13b", action="store_true", help="only the Wan2.1-1.3B-size row (needs a GPU)")
+    p.add_argument("--no-onednn", action="store_true", help="kinema's linear layers through F.linear (as diffusers')")
     p.add_argument("--compile", action="store_true",
                    help="run both models through torch.compile (inductor, weights frozen as constants)")
     args = p.parse_args()
@@ -133,12 +139,17 @@ def main() -> None:
         import torch._inductor.config as inductor_config
 
         inductor_config.freezing = True
-    peak = matmul_peak(args.device, getattr(torch, args.dtype))
+    linear.set_onednn(not args.no_onednn)
+    dtype = getattr(torch, args.dtype)
+    peak = f"{matmul_peak(args.device, dtype):.0f}"
+    if args.device == "cpu" and dtype == torch.float32 and linear.onednn_available():
+        peak += f" / {matmul_peak(args.device, dtype, onednn=True):.0f}"
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, {args.threads} threads, median of {args.repeats}"
-          f"{', both compiled' if args.compile else ''}{load}\n")
+          f"{', both compiled' if args.compile else ''}"
+          f"{', kinema without oneDNN' if args.no_onednn else ''}{load}\n")
     print("| config | kinema ms | diffusers ms | ratio | max rel diff | kinema GFLOP/s | diffusers GFLOP/s | "
-          "matmul peak GFLOP/s | peak MiB kinema | peak MiB diffusers |")
+          "matmul peak GFLOP/s (mm / oneDNN) | peak MiB kinema | peak MiB diffusers |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, spec in ([WAN13B] if args.wan13b else CONFIGS.items()):
         print(bench(name, spec, args, peak), flush=True)

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kinema.convert.torch_files import atomic_save_safetensors
+from kinema.dit.linear import linear
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class LoRALinear(nn.Linear):
         self.original: torch.Tensor | None = None     # weight before the first merge (CPU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         for name, update in self.adapters.items():
             s = self.strength[name]
             if s != 0 and name not in self.merged:

@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from kinema.dit.cache import KVSlot
+from kinema.dit.linear import Linear
 from kinema.dit.rope import apply_rope, axis_dims, rope_table
 
 ATTENTION_MODES = ("full", "factorised", "causal")
@@ -135,7 +136,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.q, self.k, self.v, self.o = (Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
     def project(self, x: torch.Tensor, context: torch.Tensor, rope=None):
@@ -161,7 +162,7 @@ class ImageCrossAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__(dim, num_heads, eps)
-        self.k_img, self.v_img = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.k_img, self.v_img = Linear(dim, dim), Linear(dim, dim)
         self.norm_k_img = RMSNorm(dim, eps)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, image: torch.Tensor, mask=None) -> torch.Tensor:
@@ -180,8 +181,8 @@ class ImageEmbedding(nn.Module):
 
     def __init__(self, image_dim: int, dim: int, pos_len: int | None = None):
         super().__init__()
-        self.proj = nn.Sequential(LayerNorm(image_dim, eps=1e-5), nn.Linear(image_dim, image_dim), nn.GELU(),
-                                  nn.Linear(image_dim, dim), LayerNorm(dim, eps=1e-5))
+        self.proj = nn.Sequential(LayerNorm(image_dim, eps=1e-5), Linear(image_dim, image_dim), nn.GELU(),
+                                  Linear(image_dim, dim), LayerNorm(dim, eps=1e-5))
         self.emb_pos = nn.Parameter(torch.zeros(1, pos_len, image_dim)) if pos_len is not None else None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -240,7 +241,7 @@ class Block(nn.Module):
         self.image_branch = cfg.image_dim is not None
         self.cross_attn = (ImageCrossAttention if self.image_branch else Attention)(d, cfg.num_heads, cfg.eps)
         self.norm2 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.ffn = nn.Sequential(Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x, e0, context, tokens: TokenGrid):
@@ -291,7 +292,7 @@ class Head(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         self.norm = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        self.head = nn.Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
+        self.head = Linear(cfg.dim, cfg.out_channels * math.prod(cfg.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -308,9 +309,9 @@ class DiT(nn.Module):
         self.config = cfg = config
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_channels, d, cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
-        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.text_embedding = nn.Sequential(Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), Linear(d, d))
+        self.time_embedding = nn.Sequential(Linear(cfg.freq_dim, d), nn.SiLU(), Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), Linear(d, 6 * d))
         self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.img_emb = ImageEmbedding(cfg.image_dim, d, cfg.image_pos_len) if cfg.image_dim is not None else None
