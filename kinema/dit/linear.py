@@ -6,9 +6,10 @@ picks the CPU's widest kernels. On the AMD EPYC (Zen 5, AVX-512) that runs this 
 (2560, 512) x (512, 512) linear takes 15.4 ms through `F.linear` and 5.1 ms through oneDNN with one thread
 (docs/performance.md). The result is the same fp32 product up to summation order (max relative difference ~1e-6).
 
-Used only where it helps and is exact to use: CPU, fp32, no autograd graph to record (inference or a frozen
-layer), at least `MIN_ROWS` rows (below that oneDNN's call overhead outweighs the product). Everywhere else, and
-when `set_onednn(False)` was called, it is `F.linear`. Parameter names and state dicts are nn.Linear's.
+Used where it helps: CPU, fp32, at least `MIN_ROWS` rows (below that oneDNN's call overhead outweighs the
+product). Training takes it too: `OneDNNLinear` computes the two backward products (dx = dy W, dW = dyᵀ x) on
+oneDNN as well. Everywhere else, and when `set_onednn(False)` was called, it is `F.linear`. Parameter names and
+state dicts are nn.Linear's.
 """
 
 from __future__ import annotations
@@ -39,16 +40,43 @@ def onednn_available() -> bool:
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    return (_enabled and not needs_grad and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+    return (_enabled and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.numel() >= MIN_ROWS * x.shape[-1] and onednn_available())
+
+
+def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a (..., K) @ b (N, K)ᵀ + bias -> (..., N), on oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [None], "")
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """y = x Wᵀ + b with all three products (forward, dx, dW) on oneDNN."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _product(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])  # (rows, out)
+        dx = _product(dy2, weight.t().contiguous()).view_as(x) if ctx.needs_input_grad[0] else None
+        dw = _product(dy2.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous()) \
+            if ctx.needs_input_grad[1] else None  # (out, rows) @ (rows, in)
+        db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)`, through oneDNN where `uses_onednn` says so. x (..., in) -> (..., out)."""
-    if uses_onednn(x, weight):
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [None], "")
-    return F.linear(x, weight, bias)
+    if not uses_onednn(x, weight):
+        return F.linear(x, weight, bias)
+    if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (x, weight, bias)):
+        return OneDNNLinear.apply(x, weight, bias)
+    return _product(x, weight, bias)
 
 
 class Linear(nn.Linear):
