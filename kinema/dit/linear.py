@@ -1,4 +1,4 @@
-"""nn.Linear whose CPU fp32 inference runs on oneDNN's GEMM instead of the BLAS that `F.linear` calls.
+"""nn.Linear whose CPU fp32 products run on oneDNN's GEMM instead of the BLAS that `F.linear` calls.
 
 PyTorch's CPU wheels send fp32 `F.linear` to MKL's sgemm, and MKL picks its AVX2 kernels on AMD CPUs even where the
 CPU has AVX-512; oneDNN (shipped in the same wheel, the library torch.compile's CPU backend calls for linear layers)
@@ -40,6 +40,7 @@ def onednn_available() -> bool:
 
 
 def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `linear(x, weight)` goes to oneDNN: on, CPU, fp32, at least MIN_ROWS rows, the op present."""
     return (_enabled and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
             and x.numel() >= MIN_ROWS * x.shape[-1] and onednn_available())
 
