@@ -8,7 +8,7 @@
 Runs alternate (kinema, diffusers, kinema, ...) after a warm-up; each row reports the median time, the time ratio
 kinema / diffusers, the max relative difference of the outputs, peak memory (CUDA) and the achieved GFLOP/s of
 each against two measured matmul peaks: `torch.mm` (the BLAS that `F.linear` calls, MKL in CPU wheels) and
-oneDNN's (`kinema.dit.linear`, which kinema's CPU fp32 inference uses).
+oneDNN's (`kinema.dit.linear`, which kinema's CPU fp32 linear layers use).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def dit_flops(heads, head_dim, layers, ffn, text_len, tokens) -> float:
 def matmul_peak(device: str, dtype: torch.dtype, n: int = 2048, onednn: bool = False) -> float:
     """GFLOP/s of an n x n x n product: `torch.mm`, or (CPU fp32) oneDNN's linear op."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    product = (lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [None], "")) if onednn else (lambda: a @ b)
+    product = (lambda: linear.onednn_product(a, b)) if onednn else (lambda: a @ b)
     for _ in range(2):
         product()
     best = float("inf")

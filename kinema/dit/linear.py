@@ -45,7 +45,7 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and x.numel() >= MIN_ROWS * x.shape[-1] and onednn_available())
 
 
-def _product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def onednn_product(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """a (..., K) @ b (N, K)ᵀ + bias -> (..., N), on oneDNN."""
     return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [None], "")
 
@@ -57,15 +57,15 @@ class OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _product(x, weight, bias)
+        return onednn_product(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1])  # (rows, out)
-        dx = _product(dy2, weight.t().contiguous()).view_as(x) if ctx.needs_input_grad[0] else None
-        dw = _product(dy2.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous()) \
+        dx = onednn_product(dy2, weight.t().contiguous()).view_as(x) if ctx.needs_input_grad[0] else None
+        dw = onednn_product(dy2.t().contiguous(), x.reshape(-1, x.shape[-1]).t().contiguous()) \
             if ctx.needs_input_grad[1] else None  # (out, rows) @ (rows, in)
         db = dy2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db
@@ -77,7 +77,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return F.linear(x, weight, bias)
     if torch.is_grad_enabled() and any(p is not None and p.requires_grad for p in (x, weight, bias)):
         return OneDNNLinear.apply(x, weight, bias)
-    return _product(x, weight, bias)
+    return onednn_product(x, weight, bias)
 
 
 class Linear(nn.Linear):
