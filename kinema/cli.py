@@ -158,12 +158,20 @@ def add_generate(sub) -> None:
     p.add_argument("--context-noise-2", type=_number, metavar="T",
                    help="--stream, two-expert models: the low-noise expert's context noise (default: the model's)")
     p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
-                   help="--stream: histogram-match every frame after the model's own length to those first frames, "
+                   help="--stream: colour-match every frame after the model's own length to those first frames, "
                         "against colour drift in long videos (default 1; 0: off)")
+    add_colour_method(p, "palette")
     p.add_argument("--lora", action="append", type=_lora_spec, metavar="FILE[:STRENGTH]",
                    help="LoRA adapter .safetensors (kinema, diffusers or ComfyUI/musubi layout), strength default 1; "
                         "repeat for several")
     add_post_flags(p)
+
+
+def add_colour_method(p, default: str) -> None:
+    p.add_argument("--colour-method", choices=("palette", "histogram"), default=default,
+                   help="how --colour-match matches: 'palette', one affine colour map per frame that carries its "
+                        "main colours onto the reference's (keeps edges and sizes); 'histogram', per-channel "
+                        f"histogram matching (default {default}: measured in docs/temporal.md)")
 
 
 def add_post_flags(p) -> None:
@@ -363,9 +371,10 @@ def generate_streamed(pipe, run, s, args, post, lut, images, sidecar):
         raise UsageError("--stream writes an .mp4 file")
     t0, pieces = time.perf_counter(), []
     chunks = stream_video(pipe, [run["prompt"]], [s.seed], images.get("image"), args.chunk, args.window, **s.to_dict())
-    sidecar = {**sidecar, "stream": {"chunk": args.chunk, "window": args.window, "colour_match": args.colour_match}}
+    sidecar = {**sidecar, "stream": {"chunk": args.chunk, "window": args.window, "colour_match": args.colour_match,
+                                     "colour_method": args.colour_method}}
     with atomic_file(sidecar_path(path)) as side, Mp4Writer(path, s.fps, run["codec"], run["crf"], sidecar) as mp4:
-        for frames in colour_anchored(chunks, pipe.defaults.frames, args.colour_match):
+        for frames in colour_anchored(chunks, pipe.defaults.frames, args.colour_match, args.colour_method):
             pieces.append(postprocess(Video.from_tensor(frames[0], s.fps), post, lut).frames)
             mp4.write(pieces[-1])
             if len(pieces) == 1 and not args.quiet:
@@ -387,8 +396,9 @@ def add_extend(sub) -> None:
                    help="input frames before the join faded into their VAE reconstruction, so the first generated "
                         "frame does not jump (0: keep every input frame as it was)")
     p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
-                   help="histogram-match the generated frames' colours to the input's last frames, against colour "
-                        "drift (0: off; lower it for a scene that should change colour)")
+                   help="colour-match the generated frames to the input's last frames, against colour drift (0: off; "
+                        "lower it for a scene that should change colour)")
+    add_colour_method(p, "histogram")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
@@ -409,7 +419,7 @@ def cmd_extend(args) -> int:
     bar, progress = progress_bar(args.quiet)
     settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
     video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, args.blend,
-                         args.colour_match, **settings)
+                         args.colour_match, args.colour_method, **settings)
     bar.close()
     save_output(video, args.output, run={"extended": str(Path(args.video).resolve()), **video.metadata})
     print(f"wrote {out} ({video.num_frames} frames, {video.fps:g} fps) in {time.perf_counter() - t0:.1f}s")
@@ -494,6 +504,7 @@ def add_eval(sub) -> None:
     p.add_argument("--context", type=_positive_int, default=5, help="--extend: frames each window continues from")
     p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
                    help="--extend: strength of kinema extend's colour match to the input (0: off)")
+    add_colour_method(p, "histogram")
     p.add_argument("--stream", action="store_true",
                    help="causal models: generate chunk by chunk with a clean past, as kinema generate --stream")
     p.add_argument("--vae-recon", action="store_true",

@@ -31,7 +31,7 @@ def test_stream_writes_the_whole_video_and_its_sidecar(causal_model_dir, tmp_pat
     assert video.frames.shape[0] == 41 and abs(video.fps - 8) < 1e-6
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["output"]["frames"] == 41 and side["prompt"].startswith("a red circle")
-    assert side["stream"] == {"chunk": 1, "window": 2, "colour_match": 1.0}
+    assert side["stream"] == {"chunk": 1, "window": 2, "colour_match": 1.0, "colour_method": "palette"}
 
 
 def test_stream_equals_the_joint_video_when_the_model_is_causal(causal_model_dir, tmp_path, capsys):

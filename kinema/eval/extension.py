@@ -90,9 +90,10 @@ def measure_extension(frames: np.ndarray, starts: list[int], extra_colours: dict
 
 
 def extend_all(pipe, prompts: list[str], seeds: int, frames: int = 65, context: int = 5,
-               extra_colours: dict | None = None, match: float = 1.0, **settings) -> list[dict]:
+               extra_colours: dict | None = None, match: float = 1.0, colour_method: str = "histogram",
+               **settings) -> list[dict]:
     """For each (seed k, prompt i): generate a clip of the model's length (seed 1000 k + i), extend it to `frames`
-    (colour match `match`), and measure it. Rows hold the prompt, seed, seams and `measure_extension`'s figures."""
+    (colour match `match` by `colour_method`), and measure it. Rows hold the prompt, seed, seams and `measure_extension`'s figures."""
     from kinema.pipelines.extend import extend_video
 
     s = pipe.settings(**settings)
@@ -104,7 +105,8 @@ def extend_all(pipe, prompts: list[str], seeds: int, frames: int = 65, context: 
         for i, prompt in enumerate(prompts):
             seed = 1000 * k + i
             clip = pipe.generate([prompt], seeds=[seed], **settings)[0]
-            long = extend_video(pipe, clip, prompt, frames, context, seed + SEED_OFFSET, match=match, **settings)
+            long = extend_video(pipe, clip, prompt, frames, context, seed + SEED_OFFSET, match=match,
+                                colour_method=colour_method, **settings)
             rows.append({"prompt": prompt, "seed": seed, "seams": starts,
                          **measure_extension(long.frames, starts, extra_colours)})
             log.info("extended %d / %d", len(rows), seeds * len(prompts))

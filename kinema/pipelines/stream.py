@@ -13,7 +13,7 @@ each finished chunk enters the cache noised to that time, so small errors in it 
 chunk (GameNGen's noise augmentation). The noise is each sample's own (`ContextNoise`), drawn chunk after chunk.
 
 Past the window the model no longer sees the start, and colours drift slowly; `colour_anchored` holds them: the
-first frames (the model's own length) become the colour reference that every later frame is histogram-matched to.
+first frames (the model's own length) become the colour reference that every later frame is colour-matched to.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from kinema.dit.cache import KVCache
 from kinema.flow.convention import add_noise
 from kinema.vae.causal import CausalCache
-from kinema.video.colour_match import match_sorted, sorted_values
+from kinema.video.colour_match import ColourReference
 from kinema.video.io import Video
 
 log = logging.getLogger(__name__)
@@ -162,19 +162,21 @@ def stream_video(pipe, prompts: list[str], seeds: list[int] | None = None, image
         yield frames
 
 
-def colour_anchored(chunks: Iterator[torch.Tensor], frames: int, strength: float = 1.0) -> Iterator[torch.Tensor]:
+def colour_anchored(chunks: Iterator[torch.Tensor], frames: int, strength: float = 1.0,
+                    method: str = "palette") -> Iterator[torch.Tensor]:
     """Video chunks (B, 3, n, H, W) in [-1, 1] as they come; the first `frames` frames pass unchanged and become
-    each sample's colour reference, every later frame is histogram-matched to it (`strength` 0: all unchanged)."""
-    reference, have, ref_sorted = [], 0, None
+    each sample's colour reference, every later frame is colour-matched to it (`kinema.video.colour_match`,
+    `method` "palette" or "histogram"; `strength` 0: all unchanged)."""
+    reference, have, refs = [], 0, None
     for chunk in chunks:
         head, tail = chunk[:, :, : max(frames - have, 0)], chunk[:, :, max(frames - have, 0):]
         if head.shape[2]:
             reference.append(_to_uint8(head))
             have += head.shape[2]
         if tail.shape[2] and strength > 0:
-            if ref_sorted is None:  # the reference is complete: sort its values once per sample
-                ref_sorted = [sorted_values(r) for r in np.concatenate(reference, axis=1)]  # (B, frames, H, W, 3)
-            matched = np.stack([match_sorted(f, r, strength) for f, r in zip(_to_uint8(tail), ref_sorted)])
+            if refs is None:  # the reference is complete: its statistics once per sample
+                refs = [ColourReference(r, method) for r in np.concatenate(reference, axis=1)]  # (B, frames, H, W, 3)
+            matched = np.stack([ref.match(f, strength) for f, ref in zip(_to_uint8(tail), refs)])
             tail = torch.from_numpy(matched).to(chunk.device, chunk.dtype).div(127.5).sub(1).permute(0, 4, 1, 2, 3)
         yield torch.cat([head, tail], dim=2)
 

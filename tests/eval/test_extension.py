@@ -31,7 +31,7 @@ def test_window_starts_match_extend_video(tiny_model_dir, monkeypatch):
 
     painted = []
 
-    def paint(new, anchor, strength):
+    def paint(new, anchor, strength, method):
         painted.append(len(painted) + 1)
         return np.full_like(new, 10 * len(painted))
     monkeypatch.setattr(extend, "match_to_input", paint)

@@ -52,6 +52,14 @@ def test_extend_cli_end_to_end(tiny_model_dir, tmp_path, capsys):
                  "--steps", "2", "--quiet", "--blend", "2"])
     assert code == 0 and read_video(out).num_frames == 17 and (tmp_path / "long.json").exists()
     assert '"blend": 2' in (tmp_path / "long.json").read_text()
+    assert '"colour_method": "histogram"' in (tmp_path / "long.json").read_text()
+    code = main(["extend", str(src), "a red circle", "--frames", "17", "--model", str(tiny_model_dir), "-o", str(out),
+                 "--steps", "2", "--quiet", "--colour-method", "palette"])
+    assert code == 0 and '"colour_method": "palette"' in (tmp_path / "long.json").read_text()
+    code = main(["extend", str(src), "a red circle", "--frames", "17", "--model", str(tiny_model_dir), "-o", str(out),
+                 "--colour-method", "lut"])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid choice" in err and "Traceback" not in err
     code = main(["extend", str(src), "a red circle", "--frames", "17", "--model", str(tiny_model_dir), "-o", str(out),
                  "--blend", "-1"])
     err = capsys.readouterr().err
