@@ -3,7 +3,8 @@
 Two methods, each frame by frame against the reference frames (K, H', W', 3) pooled, for uint8 frames (T, H, W, 3);
 `strength` in [0, 1] blends the result with the input (0: unchanged):
 
-- "palette" (`palette_match`; the default): one affine colour map per frame, fitted so that the frame's palette
+- "palette" (`palette_match`; the default here and for streams, `kinema.pipelines.stream.colour_anchored`; `kinema
+  extend` keeps "histogram", which measured better on its continuations): one affine colour map per frame, fitted so that the frame's palette
   (the mean colours of k-means clusters of its flat pixels, seeded with the reference's clusters so that they
   correspond) lands on the reference's (`palette`, `fit_affine`). Cluster means do not depend on how much of the
   frame each colour covers, so an object that grows or shrinks does not read as a change of colour; and an affine
@@ -116,10 +117,11 @@ def palette_match(frames: np.ndarray, reference: np.ndarray, strength: float = 1
 
 def palette(frames: np.ndarray, start: np.ndarray | None = None, k: int = PALETTE_SIZE,
             iterations: int = 8) -> np.ndarray:
-    """(k, 3) float: the mean colours of k clusters (k-means) of the flat pixels of frames (K, H, W, 3); `start`
+    """(n, 3) float: the mean colours of k clusters (k-means) of the flat pixels of frames (K, H, W, 3); `start`
     (k, 3) seeds the clusters (a reference's palette: cluster i then answers the reference's cluster i), otherwise
     they start at far-apart colours (`_farthest_points`), so that a small object gets its own cluster, and
-    clusters nearer than MERGE_DISTANCE (shades of one colour) are merged. A cluster left empty is NaN."""
+    clusters nearer than MERGE_DISTANCE (shades of one colour) are merged (n <= k). Seeded, n = len(start) and a
+    cluster left empty is NaN."""
     x = np.concatenate([f[flat_pixels(f)] for f in frames]).astype(np.float64)    # (N, 3)
     centres = np.array(_farthest_points(x, k) if start is None else start, dtype=np.float64)
     for _ in range(iterations):

@@ -3,7 +3,8 @@ import pytest
 
 from kinema.data.shapes import Scene, render_clip
 from kinema.eval.judge import judge_clip
-from kinema.video.colour_match import METHODS, ColourReference, colour_match, histogram_match, palette_match
+from kinema.video.colour_match import (METHODS, ColourReference, colour_match, histogram_match, palette,
+                                       palette_match)
 
 
 def _clip(seed=0, colour="blue", background="white", frames=17):
@@ -53,6 +54,15 @@ def test_flat_frames_stay_flat_and_strength_blends(method):
     ref = np.full((1, 8, 8, 3), 140, np.uint8)
     assert (colour_match(flat, ref, method=method) == 140).all()
     assert (colour_match(flat, ref, 0.5, method) == 120).all() and (colour_match(flat, ref, 0.0, method) == 100).all()
+
+
+def test_shades_of_one_colour_are_one_palette_colour_and_its_mean_is_matched():
+    rng = np.random.default_rng(0)
+    reference = np.clip(rng.normal((200, 60, 120), 10, (4, 16, 16, 3)), 0, 255).astype(np.uint8)
+    frames = np.clip(rng.normal((150, 90, 100), 20, (3, 16, 16, 3)), 0, 255).astype(np.uint8)
+    assert len(palette(reference)) == 1
+    out = palette_match(frames, reference).reshape(-1, 3).astype(float)
+    assert np.abs(out.mean(0) - reference.reshape(-1, 3).mean(0)).max() < 1.5
 
 
 def test_a_reference_serves_many_matches_as_one_call_does():
