@@ -171,7 +171,7 @@ def add_colour_method(p, default: str) -> None:
     p.add_argument("--colour-method", choices=("palette", "histogram"), default=default,
                    help="how --colour-match matches: 'palette', one affine colour map per frame that carries its "
                         "main colours onto the reference's (keeps edges and sizes); 'histogram', per-channel "
-                        f"histogram matching (default {default}: measured in docs/temporal.md)")
+                        f"histogram matching (default {default}: measured in docs/models/shapes.md)")
 
 
 def add_post_flags(p) -> None:

@@ -90,11 +90,12 @@ def measure_extension(frames: np.ndarray, starts: list[int], extra_colours: dict
 
 
 def extend_all(pipe, prompts: list[str], seeds: int, frames: int = 65, context: int = 5,
-               extra_colours: dict | None = None, match: float = 1.0, colour_method: str = "histogram",
+               extra_colours: dict | None = None, match: float = 1.0, colour_method: str | None = None,
                **settings) -> list[dict]:
     """For each (seed k, prompt i): generate a clip of the model's length (seed 1000 k + i), extend it to `frames`
-    (colour match `match` by `colour_method`), and measure it. Rows hold the prompt, seed, seams and `measure_extension`'s figures."""
-    from kinema.pipelines.extend import extend_video
+    (colour match `match` by `colour_method`, None: kinema extend's), and measure it. Rows hold the prompt, seed,
+    seams and `measure_extension`'s figures."""
+    from kinema.pipelines.extend import COLOUR_METHOD, extend_video
 
     s = pipe.settings(**settings)
     if (frames - 1) % 4 or (context - 1) % 4:
@@ -106,7 +107,7 @@ def extend_all(pipe, prompts: list[str], seeds: int, frames: int = 65, context: 
             seed = 1000 * k + i
             clip = pipe.generate([prompt], seeds=[seed], **settings)[0]
             long = extend_video(pipe, clip, prompt, frames, context, seed + SEED_OFFSET, match=match,
-                                colour_method=colour_method, **settings)
+                                colour_method=colour_method or COLOUR_METHOD, **settings)
             rows.append({"prompt": prompt, "seed": seed, "seams": starts,
                          **measure_extension(long.frames, starts, extra_colours)})
             log.info("extended %d / %d", len(rows), seeds * len(prompts))

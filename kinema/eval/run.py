@@ -182,7 +182,7 @@ def _extension_eval(args, pipe, texts, extra, settings, result, title) -> tuple[
     from kinema.eval.extension import extend_all, format_extension, summarise_extension
 
     frames, context = args.extend, getattr(args, "context", None) or 5
-    match, method = getattr(args, "colour_match", 1.0), getattr(args, "colour_method", "histogram")
+    match, method = getattr(args, "colour_match", 1.0), getattr(args, "colour_method", None)
     rows = extend_all(pipe, texts, args.seeds, frames, context, extra, match, method, **settings)
     result.update({"frames": frames, "context": context, "colour_match": match, "colour_method": method,
                    "summary": summarise_extension(rows), "videos": rows})
@@ -190,7 +190,7 @@ def _extension_eval(args, pipe, texts, extra, settings, result, title) -> tuple[
         _write_json(Path(args.json), result)
     s = result["settings"]
     return result, format_extension(rows, result["summary"], f"{title}: {s['frames']} -> {frames} frames, "
-                                                             f"context {context}, colour match {match:g} ({method})")
+                                                             f"context {context}, colour match {match:g}")
 
 
 def run_eval(args) -> tuple[dict, str]:

@@ -7,8 +7,9 @@ image-to-video). The decoded window repeats the context frames; only the frames 
 Colour and brightness drift over a long continuation (the model renders the object's colour a little differently
 each window: measured in docs/models/shapes.md). Every generated frame, and every reconstruction the input fades
 into, is therefore colour-matched to the input's last frames (`kinema.video.colour_match`, by default per-channel
-histogram matching; `match` is its strength, 0 turns it off), as colour-match nodes do in long-video workflows. It assumes the continuation shows what the input shows; for a scene that should
-change colour (a sunset, a cut), turn it down or off.
+histogram matching; `match` is its strength, 0 turns it off), as colour-match nodes do in long-video workflows. It
+assumes the continuation shows what the input shows; for a scene that should change colour (a sunset, a cut), turn
+it down or off.
 
 Generated frames are VAE decodings, the input's frames are not: the last `blend` frames before each join cross-fade
 into their own reconstructions (the decoded context), so the first generated frame follows without a jump (the
@@ -28,7 +29,8 @@ from kinema.video.io import Video
 
 BLEND = 4  # input frames faded into their reconstructions before the first generated frame (one latent frame)
 MATCH = 1.0  # strength of the colour match of generated frames to the input's last frames (0: off)
-COLOUR_METHOD = "histogram"  # kinema.video.colour_match's method: palette matching measured worse here (docs/temporal.md)
+COLOUR_METHOD = "histogram"  # kinema.video.colour_match's method; "palette" measured worse on continuations
+#                              (docs/models/shapes.md, fifteenth session)
 
 
 def match_to_input(frames: np.ndarray, anchor: np.ndarray, strength: float,
@@ -50,8 +52,8 @@ def extend_video(pipe, video: Video, prompt: str, frames: int, context: int = 5,
                  **overrides) -> Video:
     """`video` continued to `frames` frames (1 + 4k) at the model's size; its own frames come first (the last
     `blend` of them, up to `context`, faded into their reconstructions), the generated ones colour-matched to its
-    last frames with strength `match` (`colour_method`: kinema.video.colour_match's). A causal model continues in latent space (`extend_streamed`), any other
-    window after window."""
+    last frames with strength `match` (`colour_method`: kinema.video.colour_match's). A causal model continues in
+    latent space (`extend_streamed`), any other window after window."""
     if blend < 0:
         raise ValueError(f"blend must be 0 or more frames, got {blend}")
     if not 0 <= match <= 1:

@@ -4,13 +4,13 @@ Two methods, each frame by frame against the reference frames (K, H', W', 3) poo
 `strength` in [0, 1] blends the result with the input (0: unchanged):
 
 - "palette" (`palette_match`; the default here and for streams, `kinema.pipelines.stream.colour_anchored`; `kinema
-  extend` keeps "histogram", which measured better on its continuations): one affine colour map per frame, fitted so that the frame's palette
-  (the mean colours of k-means clusters of its flat pixels, seeded with the reference's clusters so that they
-  correspond) lands on the reference's (`palette`, `fit_affine`). Cluster means do not depend on how much of the
-  frame each colour covers, so an object that grows or shrinks does not read as a change of colour; and an affine
-  map keeps every blend of two colours the same blend, so anti-aliased and blurred edges keep their coverage: the
-  object's size, outline and position do not move. Directions of colour space the palette does not span stay as
-  they are (the fit's ridge towards the identity).
+  extend` keeps "histogram", which measured better on its continuations): one affine colour map per frame, fitted
+  so that the frame's palette (the mean colours of k-means clusters of its flat pixels, seeded with the reference's
+  clusters so that they correspond) lands on the reference's (`palette`, `fit_affine`). Cluster means do not depend
+  on how much of the frame each colour covers, so an object that grows or shrinks does not read as a change of
+  colour; and an affine map keeps every blend of two colours the same blend, so anti-aliased and blurred edges keep
+  their coverage: the object's size, outline and position do not move. Directions of colour space the palette does
+  not span stay as they are (the fit's ridge towards the identity).
 - "histogram" (`histogram_match`): each channel remapped so that its distribution of values is the reference's
   (the "hm" of colour-transfer tools). A value's quantile is taken at the middle of its tie group, so a flat region
   maps to one value and stays flat. It confuses area with colour: when an object covers more of the frame than in
