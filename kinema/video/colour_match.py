@@ -26,6 +26,7 @@ import numpy as np
 LEVELS = 256
 METHODS = ("palette", "histogram")
 PALETTE_SIZE = 4  # "palette": colour clusters per reference
+PALETTE_PIXELS = 1 << 16  # "palette": at most about this many flat pixels are clustered (every n-th beyond it)
 RIDGE = 400.0  # "palette": pull of the affine fit towards the identity, per colour pair (0-255 units squared:
 #                colour directions the palette spreads over by less than ~20 levels keep their gain)
 MERGE_DISTANCE = 40.0  # "palette": reference clusters nearer than this (0-255, RGB distance) are one colour
@@ -120,9 +121,11 @@ def palette(frames: np.ndarray, start: np.ndarray | None = None, k: int = PALETT
     """(n, 3) float: the mean colours of k clusters (k-means) of the flat pixels of frames (K, H, W, 3); `start`
     (k, 3) seeds the clusters (a reference's palette: cluster i then answers the reference's cluster i), otherwise
     they start at far-apart colours (`_farthest_points`), so that a small object gets its own cluster, and
-    clusters nearer than MERGE_DISTANCE (shades of one colour) are merged (n <= k). Seeded, n = len(start) and a
+    clusters nearer than MERGE_DISTANCE (shades of one colour) are merged (n <= k). Beyond PALETTE_PIXELS flat
+    pixels, an even sample of them is clustered (cluster means need no more; a 720p frame would cost 20x). Seeded, n = len(start) and a
     cluster left empty is NaN."""
-    x = np.concatenate([f[flat_pixels(f)] for f in frames]).astype(np.float64)    # (N, 3)
+    x = np.concatenate([f[flat_pixels(f)] for f in frames])                        # (N, 3)
+    x = x[:: max(1, len(x) // PALETTE_PIXELS)].astype(np.float64)                 # an even sample: large frames
     centres = np.array(_farthest_points(x, k) if start is None else start, dtype=np.float64)
     for _ in range(iterations):
         alive = ~np.isnan(centres).any(axis=1)
