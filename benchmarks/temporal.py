@@ -162,8 +162,7 @@ def plot(results: dict, out: Path) -> list[str]:
         ax.set_xlabel("frames"), ax.set_ylabel(label), ax.set_xticks(LENGTHS), ax.legend(), ax.grid(alpha=0.3)
         fig.tight_layout()
         names.append(f"{out.name}_{key}.png")
-        fig.savefig(out.parent / names[-1], dpi=100)
-        plt.close(fig)
+        save_figure(fig, out.parent / names[-1])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     attrs = ("colour", "shape", "motion", "background")
     for k, (mode, r) in enumerate(results["modes"].items()):
@@ -171,9 +170,26 @@ def plot(results: dict, out: Path) -> list[str]:
     ax.set_xticks([i + 0.25 for i in range(4)], attrs), ax.set_ylabel("seen prompts right (%)"), ax.legend()
     fig.tight_layout()
     names.append(f"{out.name}_adherence.png")
-    fig.savefig(out.parent / names[-1], dpi=100)
-    plt.close(fig)
+    save_figure(fig, out.parent / names[-1])
     return names
+
+
+def save_figure(fig, path: Path) -> None:
+    """PNG written atomically (temp file beside it, then rename), and the figure closed."""
+    import matplotlib.pyplot as plt
+    from kinema.atomic import atomic_path
+
+    with atomic_path(path, keep_suffix=True) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Written atomically, so an interrupted run leaves the previous report whole."""
+    from kinema.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 PREFACE = """\
@@ -292,13 +308,12 @@ def main(argv=None) -> int:
     if args.stream_model:
         results["long"] = long_bounces(args.stream_model, 129, args.steps, args.window, args.bounce_seeds)
         results["long_date"] = time.strftime("%Y-%m-%d")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
     command = "python benchmarks/temporal.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results["commands"] = results.get("commands", []) + [command]
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float))
+    done = results.get("commands", [])
+    results["commands"] = done + [command] if done[-1:] != [command] else done  # a rerun is not a new step
+    write_text(out.with_suffix(".json"), json.dumps(results, indent=2, default=float))
     notes = Path(args.notes).read_text() if args.notes else ""
-    out.with_suffix(".md").write_text(report(results, plot(results, out), notes))
+    write_text(out.with_suffix(".md"), report(results, plot(results, out), notes))
     print(out.with_suffix(".md").read_text())
     return 0
 

@@ -102,8 +102,9 @@ and a sidecar NAME.json (frames/ -> frames.json) records prompt, seed, model, se
 post-processing, always in this order: contrast, brightness, saturation, temperature, LUT, sharpen, upscale,
 interpolate. Upscaled frames are limited to 4096 px per side."""
 
-GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "sampler", "schedule", "negative_prompt",
-             "seed", "fps", "refine", "context_noise", "context_noise_2")
+GEN_FLAGS = ("frames", "height", "width", "steps", "guidance", "guidance_2", "shift", "sampler", "schedule",
+             "negative_prompt", "seed", "fps", "refine", "context_noise", "context_noise_2", "continue_guidance",
+             "continue_guidance_2")
 DTYPES = ("float32", "bfloat16", "float16")
 POST_FLAGS = ("contrast", "brightness", "saturation", "temperature", "lut", "sharpen", "sharpen_radius", "upscale",
               "upscale_method", "interpolate")
@@ -157,6 +158,7 @@ def add_generate(sub) -> None:
                         "conditions (default: the model's; 0 = clean)")
     p.add_argument("--context-noise-2", type=_number, metavar="T",
                    help="--stream, two-expert models: the low-noise expert's context noise (default: the model's)")
+    add_continue_guidance(p)
     p.add_argument("--colour-match", type=_strength, default=1.0, metavar="STRENGTH",
                    help="--stream: colour-match every frame after the model's own length to those first frames, "
                         "against colour drift in long videos (default 1; 0: off)")
@@ -165,6 +167,15 @@ def add_generate(sub) -> None:
                    help="LoRA adapter .safetensors (kinema, diffusers or ComfyUI/musubi layout), strength default 1; "
                         "repeat for several")
     add_post_flags(p)
+
+
+def add_continue_guidance(p) -> None:
+    p.add_argument("--continue-guidance", type=_number, metavar="SCALE",
+                   help="causal streaming: the guidance of the chunks after the model's own clip length, which "
+                        "continue a past rather than set up the prompt's scene (two-expert models: the high-noise "
+                        "expert's; default: the model's; 1 = off)")
+    p.add_argument("--continue-guidance-2", type=_number, metavar="SCALE",
+                   help="two-expert models: the low-noise expert's guidance in those chunks (default: the model's)")
 
 
 def add_colour_method(p, default: str) -> None:
@@ -402,6 +413,7 @@ def add_extend(sub) -> None:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--steps", type=_positive_int)
     p.add_argument("--guidance", type=_number)
+    add_continue_guidance(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
 
@@ -417,7 +429,8 @@ def cmd_extend(args) -> int:
     source = read_video(args.video)
     pipe = kinema.load_pipeline(args.model, device=args.device)
     bar, progress = progress_bar(args.quiet)
-    settings = {k: v for k, v in (("steps", args.steps), ("guidance", args.guidance)) if v is not None}
+    settings = {k: getattr(args, k) for k in ("steps", "guidance", "continue_guidance", "continue_guidance_2")
+                if getattr(args, k) is not None}
     video = extend_video(pipe, source, args.prompt, args.frames, args.context, args.seed, progress, args.blend,
                          args.colour_match, args.colour_method, **settings)
     bar.close()

@@ -75,6 +75,17 @@ def test_eval_streams_a_causal_model(causal_model_dir, tmp_path, capsys):
     assert code == 2 and "text-to-video only" in capsys.readouterr().err
 
 
+def test_stream_takes_the_continuation_guidance_after_the_models_clip(causal_model_dir, tmp_path):
+    """--continue-guidance changes only the frames after the model's own 9, and the sidecar records it."""
+    paths = [tmp_path / "guided.mp4", tmp_path / "cont.mp4"]
+    for out, extra in zip(paths, ([], ["--continue-guidance", "1"])):
+        assert main(["generate", "a red circle bouncing left and right", "--model", str(causal_model_dir), "--stream",
+                     "--frames", "21", "--steps", "2", "--colour-match", "0", "--quiet", "-o", str(out), *extra]) == 0
+    guided, cont = (read_video(p).frames.astype(int) for p in paths)
+    assert np.abs(guided[:9] - cont[:9]).max() <= 3 < 8 < np.abs(guided[9:] - cont[9:]).max()  # H.264 rounding
+    assert json.loads(paths[1].with_suffix(".json").read_text())["settings"]["continue_guidance"] == 1.0
+
+
 def test_generate_refines_a_causal_model_and_records_it(causal_model_dir, tmp_path, capsys):
     out = tmp_path / "r.mp4"
     assert main(["generate", "a red circle", "--model", str(causal_model_dir), "--refine", "0.5", "--steps", "4",

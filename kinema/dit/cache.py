@@ -105,5 +105,14 @@ class KVCache:
         self.slots, self.pending = new, {}
         self.frames_done += frames
 
+    @property
+    def batch(self) -> int:
+        """Rows of the past held (a guided model's batch carries both guidance branches); 0 while empty."""
+        return self.slots[0][0][0].shape[0] if self.slots else 0
+
+    def keep_rows(self, rows: slice) -> None:
+        """Keep only these batch rows of the past, e.g. the conditional half when a stream stops guiding."""
+        self.slots = [[(k[rows], v[rows]) for k, v in layers] for layers in self.slots]
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for layers in self.slots for kv in layers for t in kv)

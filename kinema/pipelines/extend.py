@@ -98,7 +98,8 @@ def extend_streamed(pipe, video: Video, prompt: str, frames: int, seed: int = 0,
                     **overrides) -> Video:
     """A causal model's extension: the input (its first 1 + 4j frames) is encoded once, its latents become the clean
     past of a stream (the last `window` latent frames attended to), and the new latent frames are sampled chunk by
-    chunk and decoded together with the input's, so nothing goes through the VAE twice and no window has a seam.
+    chunk (past the model's own clip length with its continuation guidance, `continue_guidance`) and decoded
+    together with the input's, so nothing goes through the VAE twice and no window has a seam.
     The output starts with the input's own frames, the last `blend` of them faded into their reconstructions."""
     from kinema.pipelines.stream import stream_latents
 

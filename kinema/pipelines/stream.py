@@ -8,6 +8,11 @@ past chunks through a `KVCache` (see `kinema/dit/cache.py` for the two kinds of 
 causal VAE decodes it with a `CausalCache` that carries over between chunks. A window of W latent frames bounds the
 past each chunk sees, so cost and memory per chunk stay constant however long the video.
 
+The chunks after the model's own clip length continue a past rather than set up the prompt's scene; they take the
+settings' continuation guidance (`continue_guidance`, `continue_guidance_2`), as the chunks after an extended
+video's input do. Classifier-free guidance pushes each chunk towards what the text alone suggests and weakens how
+closely it follows the past's motion (docs/models/shapes.md, sixteenth session).
+
 A model trained with noised conditions (`kinema train --given-noise`) can take its past noised (`context_noise`):
 each finished chunk enters the cache noised to that time, so small errors in it are not copied into every later
 chunk (GameNGen's noise augmentation). The noise is each sample's own (`ContextNoise`), drawn chunk after chunk.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -100,17 +106,20 @@ def stream_latents(pipe, prompts: list[str], seeds: list[int] | None = None, ima
             _start(caches)
             _record(pipe, done, text, neg, s, caches, None)  # a real video's frames: clean, nothing to forget
             _end(caches, done.shape[2])
+    opening = pipe.latent_shape(replace(s, frames=pipe.defaults.frames))[1]  # the model's own clip, latent frames
     for part in chunk_slices(noise.shape[2], chunk, done.shape[2]):
+        cs = pipe.continuation(s) if part.start >= opening else s
         if not use_cache:
             lo = 0 if window is None else max(0, part.start - window)
             latents = _sample_after(pipe, done[:, :, lo:], noise[:, :, part], clean[:, :, part], given[:, part],
-                                    text, neg, s)
+                                    text, neg, cs)
         else:
+            _fit_guidance(caches, pipe.expert_guidance(cs), len(seeds))
             _start(caches)
-            latents = pipe.denoise(noise[:, :, part], text, neg, s, keyframes=(clean[:, :, part], given[:, part]),
+            latents = pipe.denoise(noise[:, :, part], text, neg, cs, keyframes=(clean[:, :, part], given[:, part]),
                                    kv_cache=caches)
             if past == "clean":
-                _record(pipe, latents, text, neg, s, caches, noises)
+                _record(pipe, latents, text, neg, cs, caches, noises)
             _end(caches, latents.shape[2])
         if not use_cache:  # the cache-free reference recomputes the past from the latents themselves
             done = torch.cat([done, latents], dim=2)
@@ -122,6 +131,17 @@ def _sample_after(pipe, past, noise, clean, given, text, neg, s) -> torch.Tensor
     held = torch.ones(past.shape[0], past.shape[2], dtype=torch.bool, device=past.device)
     keyframes = (torch.cat([past, clean], dim=2), torch.cat([held, given], dim=1))
     return pipe.denoise(torch.cat([past, noise], dim=2), text, neg, s, keyframes=keyframes)[:, :, past.shape[2]:]
+
+
+def _fit_guidance(caches: list[KVCache], guidance: list[float], batch: int) -> None:
+    """A past recorded under guidance holds 2 x batch rows, the unconditional branch then the conditional one
+    (`guided_velocity`'s batch); an expert that samples on without guidance (`continue_guidance` 1) keeps the
+    conditional half, which is what an unguided stream would have recorded."""
+    for cache, g in zip(caches, guidance, strict=True):
+        if g == 1.0 and cache.batch == 2 * batch:
+            cache.keep_rows(slice(batch, None))
+        elif g != 1.0 and cache.batch == batch:
+            raise ValueError("a stream sampled without guidance cannot take it up later (continue_guidance)")
 
 
 def _start(caches: list[KVCache]) -> None:

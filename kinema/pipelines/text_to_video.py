@@ -49,6 +49,11 @@ class GenerationSettings:
     context_noise: float = 0.0    # causal streaming: the past each chunk attends to is noised to this time (its
                                   # tokens get it); for models trained with `kinema train --given-noise`; 0: clean
     context_noise_2: float = -1.0  # two-expert models: the low-noise expert's context noise (< 0: context_noise)
+    continue_guidance: float = -1.0  # causal streaming: the guidance of the chunks after the model's own clip length,
+                                     # which continue a past rather than set up the prompt's scene (guidance weakens
+                                     # how closely they follow the past's motion); two-expert models: the high-noise
+                                     # expert's; < 0: guidance
+    continue_guidance_2: float = -1.0  # two-expert models: the low-noise expert's in those chunks (< 0: guidance_2)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,7 +201,17 @@ class TextToVideoPipeline:
 
     def guided_experts(self, dits, text, negative, s: GenerationSettings) -> list:
         """Each expert's velocity function (`dits`: one callable per expert) under its classifier-free guidance."""
-        return [guided_velocity(dit, text, negative, s.guidance) for dit in dits]
+        return [guided_velocity(dit, text, negative, g) for dit, g in zip(dits, self.expert_guidance(s), strict=True)]
+
+    def expert_guidance(self, s: GenerationSettings) -> list[float]:
+        """Each expert's classifier-free guidance scale."""
+        return [s.guidance]
+
+    def continuation(self, s: GenerationSettings) -> GenerationSettings:
+        """The settings of a stream's chunks after the model's own clip length: its continuation guidance."""
+        g2 = s.guidance if s.guidance_2 < 0 else s.guidance_2
+        return replace(s, guidance=s.guidance if s.continue_guidance < 0 else s.continue_guidance,
+                       guidance_2=g2 if s.continue_guidance_2 < 0 else s.continue_guidance_2)
 
     def context_times(self, s: GenerationSettings) -> list[float]:
         """Each expert's time for the streamed past it attends to (`context_noise`; 0: clean)."""

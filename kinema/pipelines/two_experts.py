@@ -14,7 +14,6 @@ import torch
 
 from kinema.dit.model import DiT
 from kinema.flow.experts import switch_experts
-from kinema.flow.guidance import guided_velocity
 from kinema.pipelines.text_to_video import GenerationSettings, TextToVideoPipeline
 from kinema.text.encoder import TextEncoder
 from kinema.vae.model import VideoVAE
@@ -32,9 +31,8 @@ class TwoExpertPipeline(TextToVideoPipeline):
     def experts(self) -> list[DiT]:
         return [self.dit, self.dit_2]
 
-    def guided_experts(self, dits, text, negative, s: GenerationSettings) -> list:
-        g2 = s.guidance if s.guidance_2 < 0 else s.guidance_2
-        return [guided_velocity(dit, text, negative, g) for dit, g in zip(dits, (s.guidance, g2), strict=True)]
+    def expert_guidance(self, s: GenerationSettings) -> list[float]:
+        return [s.guidance, s.guidance if s.guidance_2 < 0 else s.guidance_2]
 
     def context_times(self, s: GenerationSettings) -> list[float]:
         return [s.context_noise, s.context_noise if s.context_noise_2 < 0 else s.context_noise_2]

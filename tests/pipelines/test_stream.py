@@ -92,6 +92,35 @@ def test_a_noised_past_changes_later_chunks_only_and_is_each_samples_own(causal_
         causal_pipe.settings(context_noise=1.0)
 
 
+def test_continuation_guidance_takes_over_after_the_models_own_clip(causal_pipe):
+    """continue_guidance: the chunks within the model's own clip (9 frames: 3 latent frames) keep the guidance, the
+    later ones take the continuation's; the guided past then keeps its conditional half, so the cached stream equals
+    recomputing the past without a cache, for each sample of a batch."""
+    kw = dict(frames=17, steps=2, seeds=[0])
+    plain, cont = streamed(causal_pipe, **kw), streamed(causal_pipe, continue_guidance=1.0, **kw)
+    torch.testing.assert_close(cont[:, :, :3], plain[:, :, :3], atol=0, rtol=0)
+    assert (cont[:, :, 3:] - plain[:, :, 3:]).abs().max() > 1e-3
+    torch.testing.assert_close(cont, streamed(causal_pipe, continue_guidance=1.0, use_cache=False, **kw),
+                               atol=1e-4, rtol=0)
+    pair = dict(frames=17, steps=2, seeds=[0, 5], guidance=3.0, continue_guidance=1.0)
+    prompts = [PROMPT, "a blue square moving up on a white background"]
+    cached = torch.cat(list(stream_latents(causal_pipe, prompts, **pair)), dim=2)
+    torch.testing.assert_close(cached[:1], cont, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cached, torch.cat(list(stream_latents(causal_pipe, prompts, use_cache=False, **pair)),
+                                                 dim=2), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="continue_guidance"):
+        list(stream_latents(causal_pipe, [PROMPT], frames=17, steps=2, guidance=1.0, continue_guidance=3.0))
+
+
+def test_continuation_settings_resolve_each_experts_guidance(causal_pipe):
+    s = causal_pipe.settings(guidance=3.0, guidance_2=-1.0)
+    assert causal_pipe.expert_guidance(causal_pipe.continuation(s)) == causal_pipe.expert_guidance(s)  # nothing set
+    c = causal_pipe.continuation(causal_pipe.settings(guidance=3.0, continue_guidance=1.0))
+    assert causal_pipe.expert_guidance(c) == [1.0, 3.0][:len(causal_pipe.experts)]  # the low-noise expert keeps its own
+    c = causal_pipe.continuation(causal_pipe.settings(guidance=3.0, continue_guidance_2=1.5))
+    assert causal_pipe.expert_guidance(c) == [3.0, 1.5][:len(causal_pipe.experts)]
+
+
 def test_a_context_continues_a_video_in_latent_space(causal_pipe):
     """Streaming after given latents equals streaming the whole video with those latents as its first chunks."""
     first = streamed(causal_pipe, frames=9, steps=2)                                  # 3 latent frames
