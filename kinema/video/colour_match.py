@@ -122,8 +122,8 @@ def palette(frames: np.ndarray, start: np.ndarray | None = None, k: int = PALETT
     (k, 3) seeds the clusters (a reference's palette: cluster i then answers the reference's cluster i), otherwise
     they start at far-apart colours (`_farthest_points`), so that a small object gets its own cluster, and
     clusters nearer than MERGE_DISTANCE (shades of one colour) are merged (n <= k). Beyond PALETTE_PIXELS flat
-    pixels, an even sample of them is clustered (cluster means need no more; a 720p frame would cost 20x). Seeded, n = len(start) and a
-    cluster left empty is NaN."""
+    pixels, an even sample of them is clustered (cluster means need no more; a 720p frame would cost 20x). Seeded,
+    n = len(start) and a cluster left empty is NaN."""
     x = np.concatenate([f[flat_pixels(f)] for f in frames])                        # (N, 3)
     x = x[:: max(1, len(x) // PALETTE_PIXELS)].astype(np.float64)                 # an even sample: large frames
     centres = np.array(_farthest_points(x, k) if start is None else start, dtype=np.float64)
